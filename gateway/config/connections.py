@@ -1,0 +1,407 @@
+"""Build connections from route files, reporting each mistake with its file and line.
+
+A route file declares one connection: its name, upstream, mount, optional client
+authentication, and its routes with their field operations. See ``routes/`` for examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.config.fields import Section
+from gateway.config.yamlsource import YamlList, YamlMap, load_yaml_file
+from gateway.engine.jsonpath import JsonPathSyntaxError, parse_json_path
+from gateway.engine.paths import PathPattern
+from gateway.engine.routing import (
+    Action,
+    ApiKey,
+    ClientAuth,
+    Connection,
+    Operation,
+    Route,
+    RouteMatch,
+    UnmatchedPolicy,
+    reveals_to_caller,
+)
+from gateway.engine.selectors import (
+    FieldSelector,
+    FormSelector,
+    HeaderSelector,
+    JsonSelector,
+    QuerySelector,
+)
+from gateway.errors import ConfigError, ConfigProblem
+from gateway.tokens.formats import format_names
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_METHOD = re.compile(r"^[A-Z]+$")
+_SELECTOR_KEYS = ("json", "form", "header", "query")
+_OPERATION_KEYS = (*_SELECTOR_KEYS, "action", "format", "deterministic", "ttl", "required", "class")
+# Headers that the relay itself sets or removes; a field rule on them would be overwritten.
+_RESERVED_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-encoding",
+        "content-type",
+        "host",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def load_connection_file(path: Path, environ: Mapping[str, str] | None = None) -> Connection:
+    """Read one route file; raise ``ConfigError`` listing every problem in it."""
+    document = load_yaml_file(path, environ)
+    problems: list[ConfigProblem] = []
+    file = str(path)
+    section = Section.of(document, file, problems, "", 1)
+    connection = (
+        _build_connection(section, file, os.environ if environ is None else environ)
+        if section
+        else None
+    )
+    if problems or connection is None:
+        raise ConfigError(problems)
+    return connection
+
+
+def _build_connection(section: Section, file: str, environ: Mapping[str, str]) -> Connection | None:
+    section.check_keys(
+        ("connection", "upstream", "mount", "unmatched", "auth", "case_sensitive_paths", "routes")
+    )
+    name = section.string("connection", required=True) or ""
+    if name and not _NAME.match(name):
+        section.problem(
+            "connection",
+            f"connection name {name!r} is not valid",
+            "use letters, digits, '_', '.' and '-'",
+        )
+    upstream = _upstream(section)
+    mount = _mount(section)
+
+    unmatched_text = section.string("unmatched", "relay") or "relay"
+    try:
+        unmatched = UnmatchedPolicy(unmatched_text)
+    except ValueError:
+        section.problem("unmatched", f"unmatched must be relay or reject, not {unmatched_text!r}")
+        unmatched = UnmatchedPolicy.RELAY
+
+    auth_section = section.section("auth")
+    auth = _client_auth(auth_section, environ) if auth_section else None
+    case_sensitive = section.boolean("case_sensitive_paths", False)
+    routes = _routes(section, case_sensitive)
+
+    for route in routes:
+        if reveals_to_caller(route) and auth is None:
+            section.problem(
+                "routes",
+                f"route {route.name!r} detokenizes in its response, which reveals plaintext "
+                "to the caller, but the connection has no client authentication",
+                "add an auth section with API keys, or detokenize only in the request",
+            )
+    return Connection(
+        name=name,
+        upstream=upstream,
+        mount=mount,
+        routes=tuple(routes),
+        unmatched=unmatched,
+        auth=auth,
+        case_sensitive_paths=case_sensitive,
+        source=file,
+    )
+
+
+def _upstream(section: Section) -> str:
+    upstream = section.string("upstream", required=True) or ""
+    if not upstream:
+        return ""
+    parts = urlsplit(upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        section.problem(
+            "upstream", f"upstream {upstream!r} is not an http:// or https:// URL with a host"
+        )
+    elif parts.query or parts.fragment or parts.username or parts.password:
+        section.problem("upstream", "upstream must not contain a query, a fragment or credentials")
+    return upstream.rstrip("/")
+
+
+def _mount(section: Section) -> str:
+    mount = section.string("mount", "/") or "/"
+    if not mount.startswith("/"):
+        section.problem("mount", f"mount {mount!r} must start with '/'", f"write /{mount}")
+    elif any(character in mount for character in "?#{}*"):
+        section.problem("mount", f"mount {mount!r} must be a plain path prefix without patterns")
+    return mount
+
+
+def _client_auth(section: Section, environ: Mapping[str, str]) -> ClientAuth | None:
+    section.check_keys(("header", "scheme", "keys"))
+    header = section.string("header", "Authorization") or "Authorization"
+    if not _HEADER_NAME.match(header):
+        section.problem("header", f"{header!r} is not a valid header name")
+    default_scheme = "Bearer" if header.lower() == "authorization" else None
+    scheme = section.string("scheme", default_scheme)
+
+    keys: list[ApiKey] = []
+    raw_keys = section.raw("keys")
+    if not isinstance(raw_keys, YamlList) or not raw_keys:
+        section.problem(
+            "keys",
+            "auth.keys must list at least one key",
+            "- {name: backend, secret: ${BACKEND_KEY}}",
+        )
+        return None
+    for index, item in enumerate(raw_keys):
+        key_section = Section.of(
+            item, section.file, section.problems, f"auth.keys[{index}]", raw_keys.line_of(index)
+        )
+        if key_section is None:
+            continue
+        key = _api_key(key_section)
+        if key is not None:
+            keys.append(key)
+    return ClientAuth(header=header, scheme=scheme, keys=tuple(keys))
+
+
+def _api_key(section: Section) -> ApiKey | None:
+    section.check_keys(("name", "secret", "sha256"))
+    name = section.string("name", required=True) or ""
+    has_secret, has_hash = section.has("secret"), section.has("sha256")
+    if has_secret == has_hash:
+        section.problem(
+            None,
+            f"{section.where} needs exactly one of secret or sha256",
+            "secret: ${ENV_VAR} takes the key from the environment; sha256: a hex digest of it",
+        )
+        return None
+    if has_secret:
+        secret = section.string("secret") or ""
+        if len(secret) < 16:
+            section.problem(
+                "secret",
+                f"the key of client {name!r} is shorter than 16 characters",
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
+            return None
+        return ApiKey(name, hashlib.sha256(secret.encode()).digest())
+    digest = (section.string("sha256") or "").strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        section.problem("sha256", f"sha256 of client {name!r} must be 64 hex digits")
+        return None
+    return ApiKey(name, bytes.fromhex(digest))
+
+
+def _routes(section: Section, case_sensitive: bool) -> list[Route]:
+    raw_routes = section.raw("routes")
+    if raw_routes is None:
+        return []
+    if not isinstance(raw_routes, YamlList):
+        section.problem("routes", "routes must be a list")
+        return []
+    routes: list[Route] = []
+    names: dict[str, int] = {}
+    for index, item in enumerate(raw_routes):
+        route_section = Section.of(
+            item, section.file, section.problems, f"routes[{index}]", raw_routes.line_of(index)
+        )
+        if route_section is None:
+            continue
+        route = _route(route_section, case_sensitive)
+        if route is None:
+            continue
+        if route.name in names:
+            route_section.problem(
+                "name",
+                f"route name {route.name!r} is used twice",
+                f"first on line {names[route.name]}",
+            )
+        names[route.name] = route_section.line("name")
+        routes.append(route)
+    return routes
+
+
+def _route(section: Section, case_sensitive: bool) -> Route | None:
+    section.check_keys(("name", "match", "request", "response"))
+    name = section.string("name", required=True) or ""
+    section.where = f"route {name!r}" if name else section.where
+    match_section = section.section("match")
+    if match_section is None:
+        section.problem(
+            None,
+            f"{section.where} needs a match section",
+            "match: {method: POST, path: /v1/things}",
+        )
+        return None
+    match = _route_match(match_section, case_sensitive)
+    request = _operations(section, "request")
+    response = _operations(section, "response")
+    if match is None:
+        return None
+    return Route(name=name, match=match, request=tuple(request), response=tuple(response))
+
+
+def _route_match(section: Section, case_sensitive: bool) -> RouteMatch | None:
+    section.check_keys(("method", "methods", "path", "content_type", "content_types"))
+    methods = section.string_list("methods", section.string_list("method", []))
+    for method in methods:
+        if not _METHOD.match(method.upper()):
+            section.problem("method", f"{method!r} is not an HTTP method")
+    path_text = section.string("path", required=True)
+    if path_text is None:
+        return None
+    try:
+        pattern = PathPattern.compile(path_text, case_sensitive=case_sensitive)
+    except ValueError as exc:
+        section.problem("path", f"path {path_text!r}: {exc}")
+        return None
+    content_types = section.string_list("content_types", section.string_list("content_type", []))
+    return RouteMatch(
+        methods=frozenset(method.upper() for method in methods) or None,
+        path=pattern,
+        content_types=frozenset(media.strip().lower() for media in content_types) or None,
+    )
+
+
+def _operations(section: Section, phase: str) -> list[Operation]:
+    raw = section.raw(phase)
+    if raw is None:
+        return []
+    if not isinstance(raw, YamlList):
+        section.problem(phase, f"{section.name_of(phase)} must be a list of field operations")
+        return []
+    operations: list[Operation] = []
+    for index, item in enumerate(raw):
+        where = f"{section.where} {phase}[{index}]"
+        operation_section = Section.of(
+            item, section.file, section.problems, where, raw.line_of(index)
+        )
+        if operation_section is None:
+            continue
+        operation = _operation(operation_section)
+        if operation is not None:
+            operations.append(operation)
+
+    body_kinds = {type(op.selector) for op in operations} & {JsonSelector, FormSelector}
+    if len(body_kinds) > 1:
+        section.problem(
+            phase,
+            f"{section.name_of(phase)} mixes json and form fields",
+            "a body is either JSON or a form; split them into two routes",
+        )
+    return operations
+
+
+def _operation(section: Section) -> Operation | None:
+    section.check_keys(_OPERATION_KEYS)
+    selector = _selector(section)
+
+    action_text = section.string("action", required=True)
+    try:
+        action = Action(action_text) if action_text else None
+    except ValueError:
+        section.problem("action", f"action must be tokenize or detokenize, not {action_text!r}")
+        action = None
+
+    if action is Action.DETOKENIZE:
+        for key in ("format", "deterministic", "ttl", "class"):
+            if section.has(key):
+                section.problem(
+                    key, f"{key} applies to tokenize only; a detokenize finds it in the token"
+                )
+
+    token_format = section.string("format", "uuid") or "uuid"
+    if token_format not in format_names():
+        section.problem(
+            "format",
+            f"unknown token format {token_format!r}",
+            "use one of " + ", ".join(sorted(format_names())),
+        )
+    operation_fields: dict[str, Any] = {
+        "format": token_format,
+        "deterministic": section.boolean("deterministic", False),
+        "ttl": section.duration("ttl", None),
+        "required": section.boolean("required", False),
+        "class_name": section.string("class"),
+    }
+    if selector is None or action is None:
+        return None
+    return Operation(selector=selector, action=action, **operation_fields)
+
+
+def _selector(section: Section) -> FieldSelector | None:
+    present = [key for key in _SELECTOR_KEYS if key in section.mapping]
+    if len(present) != 1:
+        found = ", ".join(present) if present else "none"
+        section.problem(
+            None,
+            f"{section.where} needs exactly one selector (json, form, header or query); "
+            f"found {found}",
+        )
+        return None
+    kind = present[0]
+    text = section.string(kind, required=True)
+    if not text:
+        return None
+    if kind == "json":
+        try:
+            return JsonSelector(parse_json_path(text))
+        except JsonPathSyntaxError as exc:
+            section.problem(kind, f"json {text!r}: {exc}", "for example $.card.number or $..cvc")
+            return None
+    if kind == "form":
+        return FormSelector(text)
+    if kind == "query":
+        return QuerySelector(text)
+    if not _HEADER_NAME.match(text):
+        section.problem(kind, f"{text!r} is not a valid header name")
+        return None
+    if text.lower() in _RESERVED_HEADERS:
+        section.problem(kind, f"header {text} is managed by the relay and cannot carry a field")
+        return None
+    return HeaderSelector(text.lower())
+
+
+def check_connections(connections: list[Connection], problems: list[ConfigProblem]) -> None:
+    """Report what is wrong only across files: duplicate connection names and mounts."""
+    names: dict[str, Connection] = {}
+    mounts: dict[str, Connection] = {}
+    for connection in connections:
+        if connection.name in names:
+            problems.append(
+                ConfigProblem(
+                    connection.source,
+                    None,
+                    f"connection {connection.name!r} is declared twice",
+                    f"also in {names[connection.name].source}",
+                )
+            )
+        names[connection.name] = connection
+        mount_key = connection.mount.rstrip("/").lower() or "/"
+        if mount_key in mounts:
+            problems.append(
+                ConfigProblem(
+                    connection.source,
+                    None,
+                    f"mount {connection.mount} is used twice",
+                    f"also by connection {mounts[mount_key].name!r} in {mounts[mount_key].source}",
+                )
+            )
+        mounts[mount_key] = connection
+
+
+__all__ = ["YamlMap", "check_connections", "load_connection_file"]

@@ -1,0 +1,207 @@
+"""Load the main configuration file and the route files it names.
+
+Relative paths (route globs, the key file, a ``sqlite:///`` store) are resolved against the
+directory of the configuration file, so the gateway behaves the same whatever directory it is
+started from.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.config.connections import check_connections, load_connection_file
+from gateway.config.fields import Section
+from gateway.config.model import (
+    Address,
+    Config,
+    KeysConfig,
+    Limits,
+    ListenConfig,
+    LoggingConfig,
+    StoreConfig,
+)
+from gateway.config.yamlsource import load_yaml_file
+from gateway.engine.routing import Connection
+from gateway.errors import ConfigError, ConfigProblem
+
+_SECTIONS = ("listen", "store", "keys", "routes", "limits", "logging")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate everything; raise ``ConfigError`` listing every problem found."""
+    environ = os.environ if environ is None else environ
+    path = path.resolve()
+    document = load_yaml_file(path, environ)
+    problems: list[ConfigProblem] = []
+    file = str(path)
+    base_dir = path.parent
+
+    root = Section.of(document, file, problems, "", 1)
+    if root is None:
+        raise ConfigError(problems)
+    root.check_keys(_SECTIONS)
+
+    listen = _listen(root.section("listen"))
+    store = _store(root.section("store"), base_dir)
+    keys = _keys(root.section("keys"), base_dir)
+    limits = _limits(root.section("limits"))
+    logging_config = _logging(root.section("logging"))
+    route_globs = tuple(root.string_list("routes", ["routes/*.yaml"]))
+    connections = _connections(route_globs, path, root, problems, environ)
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        source=path,
+        listen=listen,
+        store=store,
+        keys=keys,
+        routes=route_globs,
+        limits=limits,
+        logging=logging_config,
+        connections=tuple(connections),
+    )
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``host:port`` or ``[v6]:port``; raise ``ValueError`` with the expected form."""
+    host, separator, port_text = text.strip().rpartition(":")
+    if not separator or not host:
+        raise ValueError(f"{text!r} is not host:port")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port of {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port of {text!r} is outside 0-65535")
+    return Address(host, port)
+
+
+def _listen(section: Section | None) -> ListenConfig:
+    if section is None:
+        return ListenConfig()
+    section.check_keys(("reverse",))
+    text = section.string("reverse")
+    if text is None:
+        return ListenConfig()
+    try:
+        return ListenConfig(reverse=parse_address(text))
+    except ValueError as exc:
+        section.problem("reverse", f"listen.reverse: {exc}", "for example 127.0.0.1:8080")
+        return ListenConfig()
+
+
+def _store(section: Section | None, base_dir: Path) -> StoreConfig:
+    if section is None:
+        return StoreConfig(url=_resolve_sqlite(StoreConfig().url, base_dir))
+    section.check_keys(("url",))
+    url = section.string("url", StoreConfig().url) or StoreConfig().url
+    if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+        section.problem(
+            "url",
+            f"store.url {url.split('://')[0]!r} is not a supported store",
+            "use sqlite:///path/tokens.db or redis://host:6379/0",
+        )
+    return StoreConfig(url=_resolve_sqlite(url, base_dir))
+
+
+def _resolve_sqlite(url: str, base_dir: Path) -> str:
+    if not url.startswith("sqlite:///"):
+        return url
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.is_absolute():
+        path = base_dir / path
+    return "sqlite:///" + str(path)
+
+
+def _keys(section: Section | None, base_dir: Path) -> KeysConfig:
+    if section is None:
+        return KeysConfig(file=base_dir / "var/keys.yaml")
+    section.check_keys(("file", "env", "development"))
+    file_text = section.string("file")
+    file = Path(file_text) if file_text else None
+    if file is not None and not file.is_absolute():
+        file = base_dir / file
+    env = section.string("env")
+    if file is None and env is None:
+        section.problem(None, "keys needs a file or an env", "file: var/keys.yaml")
+    return KeysConfig(file=file, env=env, development=section.boolean("development", False))
+
+
+def _limits(section: Section | None) -> Limits:
+    if section is None:
+        return Limits()
+    defaults = Limits()
+    section.check_keys(
+        (
+            "max_body_bytes",
+            "max_json_depth",
+            "max_fields",
+            "upstream_connect_timeout",
+            "upstream_timeout",
+            "store_timeout",
+        )
+    )
+    return Limits(
+        max_body_bytes=section.size("max_body_bytes", defaults.max_body_bytes),
+        max_json_depth=section.integer("max_json_depth", defaults.max_json_depth, minimum=1),
+        max_fields=section.integer("max_fields", defaults.max_fields, minimum=1),
+        upstream_connect_timeout=section.duration(
+            "upstream_connect_timeout", defaults.upstream_connect_timeout
+        )
+        or defaults.upstream_connect_timeout,
+        upstream_timeout=section.duration("upstream_timeout", defaults.upstream_timeout)
+        or defaults.upstream_timeout,
+        store_timeout=section.duration("store_timeout", defaults.store_timeout)
+        or defaults.store_timeout,
+    )
+
+
+def _logging(section: Section | None) -> LoggingConfig:
+    if section is None:
+        return LoggingConfig()
+    section.check_keys(("level", "format", "access_log"))
+    level = (section.string("level", "INFO") or "INFO").upper()
+    if level not in _LOG_LEVELS:
+        section.problem(
+            "level", f"logging.level {level!r} is unknown", "use " + ", ".join(_LOG_LEVELS)
+        )
+        level = "INFO"
+    log_format = section.string("format", "text") or "text"
+    if log_format not in ("text", "json"):
+        section.problem("format", f"logging.format {log_format!r} is unknown", "use text or json")
+        log_format = "text"
+    return LoggingConfig(
+        level=level, format=log_format, access_log=section.boolean("access_log", True)
+    )
+
+
+def _connections(
+    route_globs: tuple[str, ...],
+    config_path: Path,
+    root: Section,
+    problems: list[ConfigProblem],
+    environ: Mapping[str, str],
+) -> list[Connection]:
+    connections: list[Connection] = []
+    for pattern in route_globs:
+        full_pattern = pattern if Path(pattern).is_absolute() else str(config_path.parent / pattern)
+        paths = [
+            found
+            for found in sorted(glob.glob(full_pattern))
+            if Path(found).resolve() != config_path
+        ]
+        if not paths:
+            root.problem("routes", f"routes entry {pattern!r} matches no file")
+        for route_file in paths:
+            try:
+                connections.append(load_connection_file(Path(route_file), environ))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    check_connections(connections, problems)
+    return connections

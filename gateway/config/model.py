@@ -1,0 +1,76 @@
+"""The validated configuration: frozen values built once at start-up from the YAML files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.engine.routing import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    reverse: Address = Address("127.0.0.1", 8080)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = "sqlite:///./var/tokens.db"
+    """``sqlite:///path`` (relative to the working directory) or ``redis://`` / ``rediss://``."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    """Where the master keys come from.
+
+    ``env`` names an environment variable that contains a whole key file; when it is set, it
+    wins over ``file``. With ``development`` on, a missing key file is generated with a warning;
+    with it off, a key file marked as a development key is refused.
+    """
+
+    file: Path | None = Path("var/keys.yaml")
+    env: str | None = None
+    development: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 1024 * 1024
+    """Largest request or response body a route processes, counted after decompression too."""
+    max_json_depth: int = 64
+    max_fields: int = 1000
+    """Most fields one message may tokenize or detokenize, which bounds one store batch."""
+    upstream_connect_timeout: float = 5.0
+    upstream_timeout: float = 30.0
+    """Seconds from sending the request until the upstream's response headers arrive."""
+    store_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+    format: str = "text"
+    """``text`` for people, ``json`` for one JSON object per line."""
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    routes: tuple[str, ...] = ("routes/*.yaml",)
+    limits: Limits = field(default_factory=Limits)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    connections: tuple[Connection, ...] = ()

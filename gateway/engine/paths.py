@@ -1,0 +1,132 @@
+"""Request-path normalization and route path patterns.
+
+A field rule that fails to match protects nothing: a request to ``/api/%63heckout`` or
+``/api//checkout/`` that the gateway relays unmatched reaches a backend that routes it to
+``/api/checkout`` with the card number in plaintext. So matching works on a normalized path and
+leans towards matching: dot segments are removed (RFC 3986, 5.2.4), repeated slashes merged,
+percent-encoded unreserved characters decoded, a trailing slash ignored, matrix parameters
+(``;jsessionid=...``, which Tomcat and Spring strip) ignored, every other escape decoded, and by
+default letter case ignored.
+The path that is relayed is normalized the same way except for case and matrix parameters, so
+the upstream receives the path that was matched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+_UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+
+
+def normalize_path(path: str) -> str:
+    """Return the path to relay: unreserved escapes decoded, dot segments and ``//`` removed."""
+    if not path.startswith("/"):
+        path = "/" + path
+    path = _UNRESERVED_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), path)
+
+    output: list[str] = []
+    segments = path.split("/")[1:]
+    for index, segment in enumerate(segments):
+        is_last = index == len(segments) - 1
+        if segment == "..":
+            if output:
+                output.pop()
+            if is_last:
+                output.append("")
+        elif segment == ".":
+            if is_last:
+                output.append("")
+        elif segment == "" and not is_last:
+            continue
+        else:
+            output.append(segment)
+    return "/" + "/".join(output)
+
+
+def matching_key(normalized_path: str, *, case_sensitive: bool) -> str:
+    """Return the form of a normalized path that mounts and patterns are compared with.
+
+    Every escape is decoded here, ``%2F`` included, because some backends decode it to ``/``
+    before routing.
+    """
+    decoded = normalize_path(unquote(normalized_path))
+    segments = [segment.split(";", 1)[0] for segment in decoded.split("/")]
+    key = "/".join(segments).rstrip("/") or "/"
+    return key if case_sensitive else key.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    """A route path such as ``/v1/customers/{id}`` or ``/v{version}/payments``.
+
+    ``{name}`` and ``*`` match one or more characters within a segment; ``**`` as the last
+    segment matches any rest of the path, including nothing.
+    """
+
+    pattern: str
+    case_sensitive: bool
+    regex: re.Pattern[str]
+
+    @classmethod
+    def compile(cls, pattern: str, *, case_sensitive: bool = False) -> PathPattern:
+        if not pattern.startswith("/"):
+            raise ValueError("a path pattern starts with '/'")
+        key = matching_key(pattern, case_sensitive=True)
+        body = "/" if key == "/" else ""
+        segments = key.split("/")[1:] if key != "/" else []
+        for position, segment in enumerate(segments):
+            if segment == "**":
+                if position != len(segments) - 1:
+                    raise ValueError("'**' may only be the last segment of a path pattern")
+                body += "(?:/.*)?"
+            elif "**" in segment:
+                raise ValueError("'**' must be a whole segment")
+            else:
+                body += "/" + _segment_regex(segment)
+        flags = 0 if case_sensitive else re.IGNORECASE
+        return cls(pattern, case_sensitive, re.compile(body + r"\Z", flags))
+
+    def matches(self, key: str) -> bool:
+        """Tell whether a ``matching_key`` of a request path matches the pattern."""
+        return self.regex.match(key) is not None
+
+
+def _segment_regex(part: str) -> str:
+    pieces: list[str] = []
+    for piece in re.split(r"(\{[^{}/]*\}|\*)", part):
+        if not piece:
+            continue
+        if piece == "*" or (piece.startswith("{") and piece.endswith("}")):
+            if piece.startswith("{") and not re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", piece):
+                raise ValueError(f"invalid parameter {piece}; use {{name}} with letters and _")
+            pieces.append("[^/]+")
+        elif "{" in piece or "}" in piece:
+            raise ValueError("unbalanced '{' or '}' in path pattern")
+        else:
+            pieces.append(re.escape(piece))
+    return "".join(pieces)
+
+
+def strip_mount(normalized_path: str, mount: str, *, case_sensitive: bool) -> str | None:
+    """Return the path below ``mount``, or None when the path is not under it.
+
+    The mount must end at a segment boundary: ``/stripe`` holds ``/stripe/v1`` but not
+    ``/stripes``. Matrix parameters in the mount's own segments are dropped with it.
+    """
+    mount_key = matching_key(mount, case_sensitive=case_sensitive)
+    if mount_key == "/":
+        return normalized_path
+
+    segments = normalized_path.split("/")
+    mount_segments = mount_key.split("/")
+    if len(segments) < len(mount_segments):
+        return None
+    head = "/".join(segment.split(";", 1)[0] for segment in segments[: len(mount_segments)])
+    if not case_sensitive:
+        head = head.lower()
+    if head != mount_key:
+        return None
+    rest = "/".join(segments[len(mount_segments) :])
+    return "/" + rest

@@ -1,0 +1,158 @@
+"""Connections, routes and field operations, and how a request finds its route.
+
+A connection is one upstream with its routes, mounted at a path prefix of the reverse listener.
+Within a connection the first route whose ``match`` fits the request applies. These values are
+built once from the route files (``gateway.config.connections``) and never change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.engine.paths import PathPattern, matching_key, normalize_path, strip_mount
+from gateway.engine.selectors import FieldSelector
+
+
+class Action(enum.Enum):
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One field rule: which field, what to do with it, and for tokenize which token."""
+
+    selector: FieldSelector
+    action: Action
+    format: str = "uuid"
+    deterministic: bool = False
+    ttl: float | None = None
+    required: bool = False
+    class_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    methods: frozenset[str] | None
+    """Upper-case methods, or None for any."""
+    path: PathPattern
+    content_types: frozenset[str] | None = None
+    """Media types without parameters, lower case, or None for any."""
+
+    def fits(self, method: str, path_key: str, media_type: str | None) -> bool:
+        if self.methods is not None and method.upper() not in self.methods:
+            return False
+        if not self.path.matches(path_key):
+            return False
+        return self.content_types is None or media_type in self.content_types
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: RouteMatch
+    request: tuple[Operation, ...] = ()
+    response: tuple[Operation, ...] = ()
+
+
+class UnmatchedPolicy(enum.Enum):
+    RELAY = "relay"
+    """Relay a request that matches no route unchanged, as VGS and Skyflow do."""
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A client key, kept as a secret from the environment or as a SHA-256 hex digest."""
+
+    name: str
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """How callers of a connection prove who they are: an API key in a request header.
+
+    With ``scheme`` set (such as ``Bearer``) the header value is ``<scheme> <key>``. The header
+    is removed before the request is relayed.
+    """
+
+    header: str
+    scheme: str | None
+    keys: tuple[ApiKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    name: str
+    upstream: str
+    """Base URL such as ``https://api.stripe.com`` or ``http://127.0.0.1:3000/base``."""
+    mount: str
+    routes: tuple[Route, ...]
+    unmatched: UnmatchedPolicy = UnmatchedPolicy.RELAY
+    auth: ClientAuth | None = None
+    case_sensitive_paths: bool = False
+    source: str = ""
+    """The route file this connection came from, for messages."""
+
+    def find_route(self, method: str, path: str, media_type: str | None) -> Route | None:
+        """Return the first route that fits, given the path below the mount."""
+        key = matching_key(path, case_sensitive=self.case_sensitive_paths)
+        for route in self.routes:
+            if route.match.fits(method, key, media_type):
+                return route
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class MountMatch:
+    connection: Connection
+    path: str
+    """The normalized path below the mount, which is what is relayed."""
+
+
+class Router:
+    """Finds the connection for a request path on the reverse listener: the longest mount wins."""
+
+    def __init__(self, connections: Sequence[Connection]) -> None:
+        self._connections = sorted(
+            connections,
+            key=lambda connection: len(matching_key(connection.mount, case_sensitive=True)),
+            reverse=True,
+        )
+
+    @property
+    def connections(self) -> tuple[Connection, ...]:
+        return tuple(self._connections)
+
+    def find_connection(self, raw_path: str) -> MountMatch | None:
+        path = normalize_path(raw_path)
+        for connection in self._connections:
+            rest = strip_mount(
+                path, connection.mount, case_sensitive=connection.case_sensitive_paths
+            )
+            if rest is not None:
+                return MountMatch(connection, rest)
+        return None
+
+
+def reveals_to_caller(route: Route) -> bool:
+    """Tell whether a route sends plaintext back to its caller (detokenize in the response)."""
+    return any(operation.action is Action.DETOKENIZE for operation in route.response)
+
+
+__all__ = [
+    "Action",
+    "ApiKey",
+    "ClientAuth",
+    "Connection",
+    "MountMatch",
+    "Operation",
+    "Route",
+    "RouteMatch",
+    "Router",
+    "UnmatchedPolicy",
+    "reveals_to_caller",
+]

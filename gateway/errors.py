@@ -1,0 +1,162 @@
+"""The exception tree of vaultgate.
+
+Every error that vaultgate raises on purpose is a ``VaultgateError``. Adapters map the errors of
+aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``, and turn a
+``MessageError`` into an HTTP answer with its ``status`` and ``error_type``::
+
+    VaultgateError
+    ├── ConfigError                  bad configuration, route or key file (with file and line)
+    ├── KeyMaterialError             master keys missing, malformed or not allowed here
+    ├── MessageError                 a message cannot be processed; never forwarded as it came
+    │   ├── NotFoundError            404 no connection is mounted at the path
+    │   ├── RouteNotMatchedError     404 the connection rejects requests that match no route
+    │   ├── AuthenticationError      401 missing or wrong client key
+    │   ├── InvalidBodyError         400 malformed body, duplicate keys, NaN, too deep
+    │   ├── MissingFieldError        400 a required field is absent
+    │   ├── InvalidValueError        400 a value does not fit the token format
+    │   ├── BodyTooLargeError        413 over limits.max_body_bytes, also after decompression
+    │   ├── UnsupportedMediaError    415 wrong content type or unknown content encoding
+    │   ├── InvalidTokenError        422 unknown, expired or malformed token
+    │   ├── StoreUnavailableError    503 the token store cannot be reached (a ConnectionError)
+    │   ├── TokenSpaceExhaustedError 503 no free token of the format and length
+    │   ├── UpstreamUnreachableError 502 connecting to the upstream failed (a ConnectionError)
+    │   ├── UpstreamResponseError    502 the upstream response cannot be processed
+    │   └── UpstreamTimeoutError     504 the upstream did not answer in time (a TimeoutError)
+    └── StoreError                   a store operation failed for another reason
+
+Messages name routes, selectors, formats and reasons. They never contain a sensitive value, a
+token or a key, because they end up in logs and in error bodies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class VaultgateError(Exception):
+    """Base class of every error that vaultgate raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One mistake in a configuration, route or key file, with where it is and how to fix it."""
+
+    file: str
+    line: int | None
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        text = f"{where}: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class ConfigError(VaultgateError):
+    """One or more configuration mistakes; ``problems`` lists each with its file and line."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+    @classmethod
+    def single(
+        cls, file: str, line: int | None, message: str, hint: str | None = None
+    ) -> ConfigError:
+        return cls([ConfigProblem(file, line, message, hint)])
+
+
+class KeyMaterialError(VaultgateError):
+    """Master keys are missing, malformed, or a development key is used outside development."""
+
+
+class StoreError(VaultgateError):
+    """A token store operation failed for a reason other than reachability."""
+
+
+class MessageError(VaultgateError):
+    """A request or response that cannot be processed; it is rejected, never relayed as it came.
+
+    ``status`` and ``error_type`` form the HTTP answer. ``route`` is filled in by the adapter
+    when it knows which route the message matched.
+    """
+
+    status = 400
+    error_type = "invalid_request"
+
+    def __init__(self, message: str, *, route: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.route = route
+
+
+class NotFoundError(MessageError):
+    status = 404
+    error_type = "not_found"
+
+
+class RouteNotMatchedError(MessageError):
+    status = 404
+    error_type = "route_not_matched"
+
+
+class AuthenticationError(MessageError):
+    status = 401
+    error_type = "unauthorized"
+
+
+class InvalidBodyError(MessageError):
+    status = 400
+    error_type = "invalid_body"
+
+
+class MissingFieldError(MessageError):
+    status = 400
+    error_type = "missing_field"
+
+
+class InvalidValueError(MessageError):
+    status = 400
+    error_type = "invalid_value"
+
+
+class BodyTooLargeError(MessageError):
+    status = 413
+    error_type = "body_too_large"
+
+
+class UnsupportedMediaError(MessageError):
+    status = 415
+    error_type = "unsupported_media_type"
+
+
+class InvalidTokenError(MessageError):
+    status = 422
+    error_type = "invalid_token"
+
+
+class StoreUnavailableError(MessageError, ConnectionError):
+    status = 503
+    error_type = "store_unavailable"
+
+
+class TokenSpaceExhaustedError(MessageError):
+    status = 503
+    error_type = "token_space_exhausted"
+
+
+class UpstreamUnreachableError(MessageError, ConnectionError):
+    status = 502
+    error_type = "upstream_unreachable"
+
+
+class UpstreamResponseError(MessageError):
+    status = 502
+    error_type = "upstream_response_invalid"
+
+
+class UpstreamTimeoutError(MessageError, TimeoutError):
+    status = 504
+    error_type = "upstream_timeout"
