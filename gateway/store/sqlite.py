@@ -1,0 +1,397 @@
+"""The embedded token store: one SQLite database file in WAL mode with ``synchronous=FULL``.
+
+Writes go through one writer thread. It takes every ``put_many``, ``delete_many`` and purge
+call waiting at that moment into one transaction (group commit), so one fsync serves them all
+and durability does not cap throughput at one fsync per request. Each caller's future is
+resolved on its event loop after COMMIT returns. If the transaction fails, every call in it
+fails and none of it is written. Reads run on a second thread with its own connection, which
+WAL lets proceed while a write transaction is open.
+
+Rows whose ``expires_at`` (Unix seconds) has passed are invisible to every read and are deleted
+by a periodic purge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from gateway.errors import StoreError, StoreUnavailableError
+from gateway.store.base import PutRequest, PutResult, PutStatus, StoredRecord, TokenStore
+from gateway.store.sqlite_schema import create_schema, purge_expired_rows
+
+logger = logging.getLogger("gateway.store")
+
+MAX_GROUP_CALLS: Final = 256
+"""Maximum number of calls that one write transaction serves, which bounds how long it holds
+the write lock."""
+MAX_PARAMETERS: Final = 500
+"""Lookup keys per ``IN (...)`` list, well below SQLite's limit on host parameters."""
+
+# SQLite primary result codes that mean the store is unavailable for now: a lock held elsewhere,
+# a disk error or a full disk. Other codes, such as corruption or misuse, mean it is broken.
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_FULL,
+    }
+)
+
+_LIVE: Final = "(expires_at IS NULL OR expires_at > ?)"
+_COLUMNS: Final = "lookup_key, blob, key_version, expires_at"
+
+type WriteFunction = Callable[[sqlite3.Connection, float], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _WriteCall:
+    run: WriteFunction
+    """Function that does the call's work in the group's transaction, given connection and time."""
+    future: Future[Any]
+
+
+_STOP: Final = object()
+
+
+class SqliteStore(TokenStore):
+    """A token store in one SQLite file. The parent directory is created if it is missing.
+
+    ``timeout`` is the busy timeout in seconds: how long a statement waits for a lock that
+    another connection or process holds before the call raises ``StoreUnavailableError``.
+    """
+
+    def __init__(self, path: Path, *, timeout: float, purge_interval: float = 60.0) -> None:
+        self.path = path
+        self._timeout = timeout
+        self._purge_interval = purge_interval
+        self._closed = False
+        self._commits = 0
+        self._initialize()
+
+        self._writes: queue.SimpleQueue[_WriteCall | object] = queue.SimpleQueue()
+        self._writer_connection: sqlite3.Connection | None = None
+        self._writer = threading.Thread(
+            target=self._run_writer, name=f"sqlite-writer {path.name}", daemon=True
+        )
+        self._writer.start()
+        self._reader_connection: sqlite3.Connection | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        logger.info("SQLite token store opened at %s", path)
+
+    @property
+    def committed_transactions(self) -> int:
+        """Write transactions committed so far; group commit makes them fewer than write calls."""
+        return self._commits
+
+    def _initialize(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot create the directory of SQLite store {self.path}: {exc}"
+            ) from exc
+        with self._mapped_errors("opening"), contextlib.closing(self._connect()) as connection:
+            journal_mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            create_schema(connection)
+        if journal_mode != "wal":
+            logger.warning(
+                "SQLite store %s uses journal mode %s because WAL is not available there; "
+                "writes are still durable but slower",
+                self.path,
+                journal_mode,
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None leaves transactions to explicit BEGIN and COMMIT statements.
+        connection = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        try:
+            connection.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error:
+            connection.close()
+            raise
+        return connection
+
+    async def put_many(self, requests: Sequence[PutRequest]) -> list[PutResult]:
+        for request in requests:
+            if (request.index_key is None) != (request.sealed_token is None):
+                raise ValueError("index_key and sealed_token must be given together")
+        if not requests:
+            return []
+        items = list(requests)
+        results: list[PutResult] = await self._write(
+            lambda connection, now: [_put_one(connection, now, item) for item in items]
+        )
+        return results
+
+    async def delete_many(self, lookup_keys: Sequence[bytes]) -> int:
+        keys = list(dict.fromkeys(lookup_keys))
+        if not keys:
+            return 0
+        deleted: int = await self._write(lambda connection, now: _delete(connection, now, keys))
+        return deleted
+
+    async def purge_expired(self) -> int:
+        """Delete the expired records and index entries now, and return how many rows went."""
+        purged: int = await self._write(purge_expired_rows)
+        return purged
+
+    async def get_many(self, lookup_keys: Sequence[bytes]) -> list[StoredRecord | None]:
+        if not lookup_keys:
+            return []
+        keys = list(lookup_keys)
+        found: dict[bytes, StoredRecord] = await self._read(lambda c: _select_records(c, keys))
+        return [found.get(key) for key in keys]
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1 FROM records LIMIT 1").fetchone())
+
+    async def durability_warnings(self) -> list[str]:
+        # Every write commits with synchronous=FULL, which fsyncs before COMMIT returns.
+        return []
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writes.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        await asyncio.get_running_loop().run_in_executor(self._reader, self._close_reader)
+        await asyncio.to_thread(self._reader.shutdown)
+        logger.info("SQLite token store at %s closed", self.path)
+
+    async def _write(self, run: WriteFunction) -> Any:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path} is closed")
+        call = _WriteCall(run, Future())
+        self._writes.put(call)
+        return await asyncio.wrap_future(call.future)
+
+    async def _read(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._run_read, run)
+
+    def _run_read(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run a read in one transaction, so that all its statements see one snapshot."""
+        with self._mapped_errors("read"):
+            try:
+                if self._reader_connection is None:
+                    self._reader_connection = self._connect()
+                connection = self._reader_connection
+                connection.execute("BEGIN")
+                try:
+                    return run(connection)
+                finally:
+                    # The transaction only read, so ending it with ROLLBACK loses nothing.
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._close_reader()
+                raise
+
+    def _close_reader(self) -> None:
+        if self._reader_connection is not None:
+            self._reader_connection.close()
+            self._reader_connection = None
+
+    def _run_writer(self) -> None:
+        """Commit groups of waiting write calls until ``close`` queues the stop marker.
+
+        Between groups, and when no call arrives, the expired rows are purged every
+        ``purge_interval`` seconds in a transaction of their own.
+        """
+        next_purge = time.monotonic() + self._purge_interval
+        while True:
+            try:
+                first = self._writes.get(timeout=max(0.0, next_purge - time.monotonic()))
+            except queue.Empty:
+                first = None
+            if first is not None:
+                group, stop = self._take_group(first)
+                self._commit_group(group)
+                if stop:
+                    break
+            if time.monotonic() >= next_purge:
+                self._purge_periodically()
+                next_purge = time.monotonic() + self._purge_interval
+        if self._writer_connection is not None:
+            self._writer_connection.close()
+
+    def _purge_periodically(self) -> None:
+        call = _WriteCall(purge_expired_rows, Future())
+        self._commit_group([call])
+        error = call.future.exception()
+        if error is not None:
+            # The next purge tries again, so a locked or busy file only delays it.
+            logger.warning("purge of expired rows in SQLite store %s failed: %s", self.path, error)
+        else:
+            logger.debug(
+                "purged %d expired rows from SQLite store %s", call.future.result(), self.path
+            )
+
+    def _take_group(self, first: _WriteCall | object) -> tuple[list[_WriteCall], bool]:
+        """Return ``first`` and the calls queued behind it, and whether the stop marker was next."""
+        group: list[_WriteCall] = []
+        item = first
+        while True:
+            if item is _STOP:
+                return group, True
+            assert isinstance(item, _WriteCall)
+            group.append(item)
+            if len(group) >= MAX_GROUP_CALLS:
+                return group, False
+            try:
+                item = self._writes.get_nowait()
+            except queue.Empty:
+                return group, False
+
+    def _commit_group(self, group: list[_WriteCall]) -> None:
+        calls = [call for call in group if call.future.set_running_or_notify_cancel()]
+        if not calls:
+            return
+        try:
+            results = self._run_transaction(calls)
+        except StoreError as error:
+            for call in calls:
+                call.future.set_exception(_copy_error(error))
+            return
+        except Exception as error:
+            logger.exception("SQLite write transaction of %d calls failed", len(calls))
+            for call in calls:
+                call.future.set_exception(error)
+            return
+        self._commits += 1
+        for call, result in zip(calls, results, strict=True):
+            call.future.set_result(result)
+
+    def _run_transaction(self, calls: list[_WriteCall]) -> list[Any]:
+        with self._mapped_errors("write"):
+            try:
+                if self._writer_connection is None:
+                    self._writer_connection = self._connect()
+                connection = self._writer_connection
+                # IMMEDIATE takes the write lock first, so the checks below see what is committed.
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    now = time.time()
+                    results = [call.run(connection, now) for call in calls]
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error:
+                # A fresh connection for the next group clears whatever state the failure left.
+                if self._writer_connection is not None:
+                    self._writer_connection.close()
+                    self._writer_connection = None
+                raise
+        return results
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _map_error(exc, f"SQLite store {self.path}: {action} failed") from exc
+
+
+def _map_error(exc: sqlite3.Error, context: str) -> StoreError | StoreUnavailableError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+        return StoreUnavailableError(f"{context}: {exc}")
+    return StoreError(f"{context}: {exc}")
+
+
+def _copy_error(error: StoreError | StoreUnavailableError) -> BaseException:
+    """Return a new exception like ``error``, so that each waiting call raises its own object."""
+    copy = type(error)(str(error))
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+def _put_one(connection: sqlite3.Connection, now: float, request: PutRequest) -> PutResult:
+    record = request.record
+    if request.index_key is not None:
+        row = connection.execute(
+            "SELECT entry.sealed_token FROM index_entries AS entry"
+            " JOIN records AS record ON record.lookup_key = entry.lookup_key"
+            " WHERE entry.index_key = :index_key"
+            " AND (entry.expires_at IS NULL OR entry.expires_at > :now)"
+            " AND (record.expires_at IS NULL OR record.expires_at > :now)",
+            {"index_key": request.index_key, "now": now},
+        ).fetchone()
+        if row is not None:
+            return PutResult(PutStatus.EXISTING, sealed_token=row[0])
+
+    taken = connection.execute(
+        "SELECT 1 FROM records WHERE lookup_key = ? AND (expires_at IS NULL OR expires_at > ?)",
+        (record.lookup_key, now),
+    ).fetchone()
+    if taken is not None:
+        return PutResult(PutStatus.COLLISION)
+
+    # An expired record may remain under this lookup key until the purge. It is replaced, and
+    # the index entries that point at it are deleted.
+    expires_at = None if record.expires_at is None else round(record.expires_at * 1000) / 1000
+    connection.execute("DELETE FROM index_entries WHERE lookup_key = ?", (record.lookup_key,))
+    connection.execute(
+        "INSERT OR REPLACE INTO records (lookup_key, blob, key_version, expires_at)"
+        " VALUES (?, ?, ?, ?)",
+        (record.lookup_key, record.blob, record.key_version, expires_at),
+    )
+    if request.index_key is not None:
+        connection.execute(
+            "INSERT OR REPLACE INTO index_entries (index_key, lookup_key, sealed_token, expires_at)"
+            " VALUES (?, ?, ?, ?)",
+            (request.index_key, record.lookup_key, request.sealed_token, expires_at),
+        )
+    return PutResult(PutStatus.STORED)
+
+
+def _delete(connection: sqlite3.Connection, now: float, lookup_keys: list[bytes]) -> int:
+    live = 0
+    for chunk in _chunks(lookup_keys):
+        keys = _placeholders(chunk)
+        count_live = f"SELECT count(*) FROM records WHERE lookup_key IN ({keys}) AND {_LIVE}"  # noqa: S608 - only "?" placeholders are formatted into the SQL
+        live += connection.execute(count_live, (*chunk, now)).fetchone()[0]
+        connection.execute(f"DELETE FROM index_entries WHERE lookup_key IN ({keys})", chunk)  # noqa: S608 - as above
+        connection.execute(f"DELETE FROM records WHERE lookup_key IN ({keys})", chunk)  # noqa: S608 - as above
+    return int(live)
+
+
+def _select_records(
+    connection: sqlite3.Connection, lookup_keys: list[bytes]
+) -> dict[bytes, StoredRecord]:
+    now = time.time()
+    found: dict[bytes, StoredRecord] = {}
+    for chunk in _chunks(list(dict.fromkeys(lookup_keys))):
+        keys = _placeholders(chunk)
+        select = f"SELECT {_COLUMNS} FROM records WHERE lookup_key IN ({keys}) AND {_LIVE}"  # noqa: S608 - only "?" placeholders are formatted into the SQL
+        for lookup_key, blob, key_version, expires_at in connection.execute(select, (*chunk, now)):
+            found[lookup_key] = StoredRecord(lookup_key, blob, key_version, expires_at)
+    return found
+
+
+def _chunks(keys: list[bytes]) -> Iterator[list[bytes]]:
+    for start in range(0, len(keys), MAX_PARAMETERS):
+        yield keys[start : start + MAX_PARAMETERS]
+
+
+def _placeholders(chunk: list[bytes]) -> str:
+    return ", ".join("?" * len(chunk))

@@ -1,0 +1,300 @@
+"""Tokenize and detokenize batches: token formats, record sealing and the store, together.
+
+The route engine, the vault API and pipelines call this module; it is the only place where
+plaintext values meet the store. One store round trip serves a whole batch, plus one more for
+each round of token collisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, cast
+
+from gateway.errors import (
+    InvalidTokenError,
+    InvalidValueError,
+    StoreError,
+    TokenSpaceExhaustedError,
+)
+from gateway.store.base import PutRequest, PutResult, PutStatus, StoredRecord, TokenStore
+from gateway.tokens.crypto import (
+    MAX_NAME_BYTES,
+    RecordCipher,
+    TamperedBlobError,
+    fingerprint,
+    read_key_version,
+)
+from gateway.tokens.formats import MAX_TOKEN_LENGTH, TokenFormat, get_format, has_control_characters
+from gateway.tokens.keys import KeyRing
+from gateway.tokens.record import RecordMetadata, ValueType
+
+__all__ = ["Revealed", "TokenizeItem", "ValueType", "Vault"]
+
+logger = logging.getLogger("gateway.store")
+
+MAX_PUT_ATTEMPTS: Final = 10
+"""Rounds of new tokens tried for items whose token is taken, before the batch fails."""
+MAX_TTL_SECONDS: Final = 100 * 365 * 24 * 3600
+
+# A NUMBER value is written back into JSON as a number, so it must fit the JSON number grammar.
+_JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_UNKNOWN_OR_EXPIRED: Final = "unknown or expired token"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeItem:
+    """One value to tokenize and how."""
+
+    value: str
+    """The value as text; a JSON number keeps its exact source text, such as ``4242.50``."""
+    format: str = "uuid"
+    value_type: ValueType = ValueType.STRING
+    deterministic: bool = False
+    """Whether the same class, format and value always get the same token (while it lives).
+
+    The first tokenization decides the token's value type and expiry; later ones with another
+    ``value_type`` or ``ttl`` get the existing token unchanged.
+    """
+    ttl: float | None = None
+    """Seconds until the token expires, or None to keep it."""
+    class_name: str | None = None
+    """The data class, such as ``card.pan``; None means the format's default class."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revealed:
+    """A detokenized value with the metadata sealed beside it."""
+
+    value: str
+    value_type: ValueType
+    format: str
+    class_name: str
+
+
+@dataclass(slots=True)
+class _PendingItem:
+    """An item on its way to the store, with the token tried in the current round."""
+
+    position: int
+    value: str
+    token_format: TokenFormat
+    metadata: RecordMetadata
+    index_key: bytes | None
+    token: str = ""
+
+
+class Vault:
+    """Batch tokenization and detokenization over one store and key ring.
+
+    ``clock`` returns the current Unix time in seconds. It sets ``created_at`` and expiry times,
+    and detokenize compares expiry times with it, so tests can move time forward.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        key_ring: KeyRing,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = MAX_PUT_ATTEMPTS,
+    ) -> None:
+        self._store = store
+        self._cipher = RecordCipher(key_ring)
+        self._clock = clock
+        self._max_attempts = max_attempts
+
+    async def tokenize_many(self, items: Sequence[TokenizeItem]) -> list[str | InvalidValueError]:
+        """Return a token for each item, or the error that item got.
+
+        Raises ``StoreUnavailableError`` when the store cannot be reached, and
+        ``TokenSpaceExhaustedError`` when no free token of a format and length is found.
+        A token is returned only after its record is durably written.
+        """
+        results: list[str | InvalidValueError | None] = [None] * len(items)
+        now_ms = self._now_ms()
+        pending: list[_PendingItem] = []
+        for position, item in enumerate(items):
+            try:
+                pending.append(self._prepare(position, item, now_ms))
+            except InvalidValueError as error:
+                results[position] = error
+
+        for attempt in range(1, self._max_attempts + 1):
+            if not pending:
+                break
+            if attempt > 1:
+                logger.info(
+                    "retrying %d tokens whose lookup key was taken (attempt %d of %d)",
+                    len(pending),
+                    attempt,
+                    self._max_attempts,
+                )
+            pending = await self._put_round(pending, results)
+
+        if pending:
+            # NOTE: the records already stored for other items of this batch stay in the store
+            # unused until they expire (or forever without a ttl). Deleting them is unsafe for
+            # deterministic items, whose token another caller may have received meanwhile.
+            raise _exhausted(pending[0], self._max_attempts)
+        # Every position now has a token or an error.
+        return cast(list[str | InvalidValueError], results)
+
+    async def _put_round(
+        self, pending: list[_PendingItem], results: list[str | InvalidValueError | None]
+    ) -> list[_PendingItem]:
+        """Write one round of new tokens, fill in ``results`` and return the items that collided."""
+        for item in pending:
+            item.token = item.token_format.generate(item.value)
+        put_results = await self._store.put_many([self._put_request(item) for item in pending])
+        if len(put_results) != len(pending):
+            raise StoreError(
+                f"internal error: the store returned {len(put_results)} results for "
+                f"{len(pending)} items"
+            )
+
+        collided = []
+        for item, put_result in zip(pending, put_results, strict=True):
+            if put_result.status is PutStatus.STORED:
+                results[item.position] = item.token
+            elif put_result.status is PutStatus.EXISTING:
+                results[item.position] = self._open_existing(item, put_result)
+            else:
+                collided.append(item)
+        return collided
+
+    def _prepare(self, position: int, item: TokenizeItem, now_ms: int) -> _PendingItem:
+        """Validate an item and compute what does not change between collision rounds."""
+        try:
+            token_format = get_format(item.format)
+        except ValueError as exc:
+            raise InvalidValueError(str(exc)) from None
+        token_format.validate(item.value)
+        if item.value_type is ValueType.NUMBER and not _JSON_NUMBER.fullmatch(item.value):
+            raise InvalidValueError("value of type number is not a valid JSON number")
+
+        class_name = item.class_name or token_format.default_class
+        if len(class_name.encode()) > MAX_NAME_BYTES:
+            raise InvalidValueError(f"class name is longer than {MAX_NAME_BYTES} bytes")
+        metadata = RecordMetadata(
+            class_name=class_name,
+            format=token_format.name,
+            value_type=item.value_type,
+            created_at_ms=now_ms,
+            expires_at_ms=_expires_at_ms(item.ttl, now_ms),
+        )
+
+        index_key = None
+        if item.deterministic:
+            index_key = self._cipher.blind_index(class_name, token_format.name, item.value)
+        return _PendingItem(position, item.value, token_format, metadata, index_key)
+
+    def _put_request(self, item: _PendingItem) -> PutRequest:
+        blob = self._cipher.seal_record(item.token, item.value, item.metadata)
+        record = StoredRecord(
+            lookup_key=self._cipher.lookup_key(item.token),
+            blob=blob,
+            key_version=read_key_version(blob),
+            expires_at=item.metadata.expires_at,
+        )
+        if item.index_key is None:
+            return PutRequest(record)
+        sealed_token = self._cipher.seal_token(item.token, item.index_key)
+        return PutRequest(record, index_key=item.index_key, sealed_token=sealed_token)
+
+    def _open_existing(self, item: _PendingItem, put_result: PutResult) -> str:
+        """Return the token of the index entry that the store found for a deterministic item."""
+        if put_result.sealed_token is None or item.index_key is None:
+            raise StoreError("store reported an existing index entry but returned no sealed token")
+        try:
+            return self._cipher.open_token(put_result.sealed_token, item.index_key)
+        except TamperedBlobError as exc:
+            logger.error("index entry %s failed to open: %s", fingerprint(item.index_key), exc)
+            raise StoreError("a deterministic index entry in the store failed to open") from None
+
+    async def detokenize_many(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
+        """Return the original of each token, or an error for unknown, expired or malformed ones.
+
+        Malformed tokens (empty, longer than 256 characters, with control characters) are
+        rejected without a store lookup. A record that fails authentication is logged at ERROR
+        on ``gateway.store`` under its fingerprint and reported as an invalid token.
+        Raises ``StoreUnavailableError`` when the store cannot be reached.
+        """
+        results: list[Revealed | InvalidTokenError | None] = [None] * len(tokens)
+        lookups: list[tuple[int, str, bytes]] = []
+        for position, token in enumerate(tokens):
+            problem = _malformed_token_reason(token)
+            if problem is not None:
+                results[position] = InvalidTokenError(f"malformed token: {problem}")
+            else:
+                lookups.append((position, token, self._cipher.lookup_key(token)))
+
+        if lookups:
+            records = await self._store.get_many([lookup_key for _, _, lookup_key in lookups])
+            if len(records) != len(lookups):
+                raise StoreError(
+                    f"internal error: the store returned {len(records)} records for "
+                    f"{len(lookups)} keys"
+                )
+            now_ms = self._now_ms()
+            for (position, token, lookup_key), record in zip(lookups, records, strict=True):
+                results[position] = self._reveal(token, lookup_key, record, now_ms)
+        # Every position now has a revealed value or an error.
+        return cast(list[Revealed | InvalidTokenError], results)
+
+    def _reveal(
+        self, token: str, lookup_key: bytes, record: StoredRecord | None, now_ms: int
+    ) -> Revealed | InvalidTokenError:
+        if record is None:
+            return InvalidTokenError(_UNKNOWN_OR_EXPIRED)
+        try:
+            opened = self._cipher.open_record(token, record.blob)
+        except TamperedBlobError as exc:
+            logger.error("token record %s failed to open: %s", fingerprint(lookup_key), exc)
+            return InvalidTokenError("token record failed its integrity check")
+
+        # The sealed expiry decides, because the store's own expiry column is not authenticated.
+        if opened.metadata.is_expired(now_ms):
+            return InvalidTokenError(_UNKNOWN_OR_EXPIRED)
+        return Revealed(
+            value=opened.value,
+            value_type=opened.metadata.value_type,
+            format=opened.metadata.format,
+            class_name=opened.metadata.class_name,
+        )
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+
+def _expires_at_ms(ttl: float | None, now_ms: int) -> int | None:
+    if ttl is None:
+        return None
+    if not math.isfinite(ttl) or not 0 < ttl <= MAX_TTL_SECONDS:
+        raise InvalidValueError(f"ttl must be more than 0 and at most {MAX_TTL_SECONDS} seconds")
+    return now_ms + math.ceil(ttl * 1000)
+
+
+def _malformed_token_reason(token: str) -> str | None:
+    if not token:
+        return "it is empty"
+    if len(token) > MAX_TOKEN_LENGTH:
+        return f"it is longer than {MAX_TOKEN_LENGTH} characters"
+    if has_control_characters(token):
+        return "it contains control characters"
+    try:
+        token.encode()
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text"
+    return None
+
+
+def _exhausted(item: _PendingItem, attempts: int) -> TokenSpaceExhaustedError:
+    return TokenSpaceExhaustedError(
+        f"no free token of format {item.token_format.name} and length {len(item.value)} was "
+        f"found in {attempts} attempts; use the uuid format for values of this length"
+    )

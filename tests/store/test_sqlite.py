@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreError, StoreUnavailableError
+from gateway.store.base import PutRequest, PutResult, PutStatus, StoredRecord
+from gateway.store.sqlite import SqliteStore
+from tests.conftest import UNAVAILABLE_TIMEOUT
+
+
+def record(*, key_version: int = 1, expires_at: float | None = None) -> StoredRecord:
+    return StoredRecord(os.urandom(32), os.urandom(60), key_version, expires_at)
+
+
+@contextlib.asynccontextmanager
+async def opened(path: Path, *, store_timeout: float = 5.0) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(path, timeout=store_timeout)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def query(path: Path, sql: str, *parameters: object) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return connection.execute(sql, parameters).fetchall()
+
+
+async def test_write_visible_to_new_connection(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    item = record(key_version=7)
+
+    async with opened(path) as store:
+        await store.put_many([PutRequest(item)])
+        rows = query(
+            path, "SELECT blob, key_version FROM records WHERE lookup_key = ?", item.lookup_key
+        )
+
+    assert rows == [(item.blob, 7)]
+    async with opened(path) as reopened:
+        assert await reopened.get_many([item.lookup_key]) == [item]
+
+
+async def test_creates_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "tokens.db"
+
+    async with opened(path) as store:
+        await store.ping()
+
+    assert path.is_file()
+
+
+async def test_uses_wal_journal(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+
+    async with opened(path):
+        assert query(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_concurrent_writes_share_commit(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    async with opened(path) as store:
+        await store.ping()
+        items = [record() for _ in range(50)]
+
+        # While another connection holds the write lock, the writer waits in its first group
+        # and the other calls queue up behind it.
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        writes = [asyncio.create_task(store.put_many([PutRequest(item)])) for item in items]
+        await asyncio.sleep(0)
+        before = store.committed_transactions
+        holder.execute("ROLLBACK")
+        holder.close()
+        results = await asyncio.gather(*writes)
+
+        assert before == 0
+        assert results == [[PutResult(PutStatus.STORED)]] * 50
+        assert 1 <= store.committed_transactions <= 2
+        assert len(await store.get_many([item.lookup_key for item in items])) == 50
+
+
+async def test_failed_group_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    async with opened(path, store_timeout=UNAVAILABLE_TIMEOUT) as store:
+        await store.ping()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        batches = [[record(), record()] for _ in range(5)]
+        try:
+            results = await asyncio.gather(
+                *(store.put_many([PutRequest(item) for item in batch]) for batch in batches),
+                return_exceptions=True,
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+        for result in results:
+            assert isinstance(result, StoreUnavailableError)
+            assert isinstance(result.__cause__, sqlite3.OperationalError)
+        assert query(path, "SELECT count(*) FROM records") == [(0,)]
+
+
+async def test_purge_deletes_expired_rows(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    expired, live, forever = (
+        record(expires_at=time.time() - 1),
+        record(expires_at=time.time() + 3600),
+        record(),
+    )
+    async with opened(path) as store:
+        await store.put_many(
+            [
+                PutRequest(expired, index_key=os.urandom(32), sealed_token=b"old"),
+                PutRequest(live, index_key=os.urandom(32), sealed_token=b"live"),
+                PutRequest(forever),
+            ]
+        )
+
+        purged = await store.purge_expired()
+
+    assert purged == 2
+    assert {row[0] for row in query(path, "SELECT lookup_key FROM records")} == {
+        live.lookup_key,
+        forever.lookup_key,
+    }
+    assert query(path, "SELECT sealed_token FROM index_entries") == [(b"live",)]
+
+
+async def test_periodic_purge_runs(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    store = SqliteStore(path, timeout=5.0, purge_interval=0.05)
+    try:
+        await store.put_many([PutRequest(record(expires_at=time.time() - 1))])
+        for _ in range(100):
+            if query(path, "SELECT count(*) FROM records") == [(0,)]:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+
+    assert query(path, "SELECT count(*) FROM records") == [(0,)]
+
+
+async def test_key_version_lookup_uses_index(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    async with opened(path):
+        plan = query(
+            path, "EXPLAIN QUERY PLAN SELECT lookup_key FROM records WHERE key_version = 1"
+        )
+
+    assert "records_by_key_version" in str(plan)
+
+
+async def test_newer_schema_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA user_version = 99")
+
+    with pytest.raises(StoreError, match="schema version 99"):
+        SqliteStore(path, timeout=5.0)
+
+
+async def test_not_a_database_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    path.write_bytes(b"this is not a SQLite database, just some text " * 100)
+
+    with pytest.raises(StoreError) as caught:
+        SqliteStore(path, timeout=5.0)
+
+    assert not isinstance(caught.value, StoreUnavailableError)
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+
+
+async def test_unwritable_directory_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the directory should be")
+
+    with pytest.raises(StoreUnavailableError):
+        SqliteStore(blocker / "tokens.db", timeout=5.0)
+
+
+async def test_closed_store_raises(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "tokens.db", timeout=5.0)
+    await store.close()
+
+    with pytest.raises(StoreError, match="closed"):
+        await store.put_many([PutRequest(record())])
+    with pytest.raises(StoreError, match="closed"):
+        await store.get_many([os.urandom(32)])
+
+
+async def test_close_finishes_queued_writes(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    store = SqliteStore(path, timeout=5.0)
+    items = [record() for _ in range(20)]
+
+    writes = [asyncio.create_task(store.put_many([PutRequest(item)])) for item in items]
+    await asyncio.sleep(0)
+    await store.close()
+    await asyncio.gather(*writes)
+
+    assert query(path, "SELECT count(*) FROM records") == [(20,)]
+
+
+async def test_large_batch_over_parameter_limit(tmp_path: Path) -> None:
+    items = [record() for _ in range(1200)]
+    async with opened(tmp_path / "tokens.db") as store:
+        await store.put_many([PutRequest(item) for item in items])
+
+        found = await store.get_many([item.lookup_key for item in items])
+        deleted = await store.delete_many([item.lookup_key for item in items])
+
+    assert found == items
+    assert deleted == 1200
+
+
+async def test_entry_of_vanished_record_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    index_key = os.urandom(32)
+    first = record()
+    async with opened(path) as store:
+        await store.put_many([PutRequest(first, index_key=index_key, sealed_token=b"first")])
+        with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+            connection.execute("DELETE FROM records WHERE lookup_key = ?", (first.lookup_key,))
+
+        result = await store.put_many(
+            [PutRequest(record(), index_key=index_key, sealed_token=b"new")]
+        )
+
+    assert result == [PutResult(PutStatus.STORED)]
