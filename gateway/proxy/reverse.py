@@ -1,0 +1,294 @@
+"""The reverse proxy: an aiohttp server that applies routes and relays to each upstream.
+
+A request finds its connection by mount and its route by method, path and content type. A
+route with field operations has its body read whole (up to ``limits.max_body_bytes``), rewritten
+through the vault, and relayed; the same happens to the response when the route has response
+operations. Everything else is streamed through unchanged. A message that a route cannot process
+gets a JSON error and is never relayed as it came.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import ClientResponse, hdrs, web
+from multidict import CIMultiDict
+
+from gateway.config.model import Limits
+from gateway.engine.auth import authenticate
+from gateway.engine.bodies import parse_media_type
+from gateway.engine.headers import client_response_headers, upstream_request_headers
+from gateway.engine.rewrite import MessageParts, RewriteCounts
+from gateway.engine.routing import Connection, Route, Router, UnmatchedPolicy
+from gateway.errors import (
+    BodyTooLargeError,
+    InvalidBodyError,
+    InvalidTokenError,
+    MessageError,
+    NotFoundError,
+    RouteNotMatchedError,
+    UnsupportedMediaError,
+    UpstreamResponseError,
+)
+from gateway.proxy.errors import error_response
+from gateway.proxy.rewriting import rewrite_message
+from gateway.proxy.upstream import UpstreamClient, read_limited
+from gateway.tokens.vault import Vault
+
+logger = logging.getLogger("gateway.proxy")
+access_logger = logging.getLogger("gateway.access")
+
+_LONG_DIGITS = re.compile(r"\d{6,}")
+_NO_BODY_STATUSES = frozenset({204, 304})
+_CHUNK = 64 * 1024
+# Errors that describe a bad upstream response when they come from the response phase.
+_RESPONSE_FAULTS = (InvalidBodyError, UnsupportedMediaError, BodyTooLargeError, InvalidTokenError)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the access log line reports about one request."""
+
+    method: str
+    path: str
+    started: float
+    connection: str = "-"
+    route: str = "-"
+    status: int = 0
+    counts: RewriteCounts | None = None
+    error_type: str | None = None
+
+
+class ReverseProxy:
+    def __init__(
+        self,
+        router: Router,
+        vault: Vault,
+        limits: Limits,
+        upstream: UpstreamClient,
+        *,
+        access_log: bool = True,
+    ) -> None:
+        self._router = router
+        self._vault = vault
+        self._limits = limits
+        self._upstream = upstream
+        self._access_log = access_log
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request; the aiohttp low-level server calls this."""
+        path, _, query = request.raw_path.partition("?")
+        exchange = Exchange(request.method, _LONG_DIGITS.sub("[digits]", path), time.perf_counter())
+        try:
+            response = await self._handle(request, path, query, exchange)
+        except MessageError as error:
+            error.route = error.route or (exchange.route if exchange.route != "-" else None)
+            exchange.error_type = error.error_type
+            logger.warning(
+                "rejected request: connection=%s route=%s status=%d type=%s reason=%s",
+                exchange.connection,
+                exchange.route,
+                error.status,
+                error.error_type,
+                error.message,
+            )
+            response = error_response(error)
+        except Exception:
+            # Only the type and the route are logged: an unexpected error's text may quote input.
+            logger.exception(
+                "unexpected error: connection=%s route=%s", exchange.connection, exchange.route
+            )
+            exchange.error_type = "internal_error"
+            response = web.json_response(
+                {"error": {"type": "internal_error", "message": "internal gateway error"}},
+                status=500,
+            )
+        exchange.status = response.status
+        self._log_access(exchange)
+        return response
+
+    async def _handle(
+        self, request: web.BaseRequest, path: str, query: str, exchange: Exchange
+    ) -> web.StreamResponse:
+        if not path.startswith("/"):
+            raise InvalidBodyError("the request target must be a path starting with '/'")
+        mount = self._router.find_connection(path)
+        if mount is None:
+            raise NotFoundError("no connection is mounted at this path")
+        connection = mount.connection
+        exchange.connection = connection.name
+
+        if connection.auth is not None:
+            authenticate(connection.auth, request.headers)
+
+        media_type = parse_media_type(request.headers.get(hdrs.CONTENT_TYPE))
+        route = connection.find_route(
+            request.method, mount.path, media_type.type if media_type else None
+        )
+        if route is None and connection.unmatched is UnmatchedPolicy.REJECT:
+            raise RouteNotMatchedError(
+                f"connection {connection.name!r} accepts only requests that match one of its routes"
+            )
+        if route is not None:
+            exchange.route = route.name
+
+        url = connection.upstream + mount.path + (f"?{query}" if query else "")
+        auth_header = connection.auth.header if connection.auth else None
+        headers = upstream_request_headers(request.headers, auth_header=auth_header)
+
+        if route is None or not (route.request or route.response):
+            return await self._stream_through(request, url, headers, exchange)
+        return await self._rewrite_through(
+            request, connection, route, url, query, headers, exchange
+        )
+
+    async def _stream_through(
+        self, request: web.BaseRequest, url: str, headers: CIMultiDict[str], exchange: Exchange
+    ) -> web.StreamResponse:
+        body = None
+        if request.body_exists:
+            await _send_continue(request)
+            if request.content_length is not None:
+                headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+            body = request.content.iter_chunked(_CHUNK)
+        upstream = await self._upstream.send(url, request.method, headers, body)
+        try:
+            return await _stream_response(request, upstream)
+        finally:
+            upstream.release()
+
+    async def _rewrite_through(
+        self,
+        request: web.BaseRequest,
+        connection: Connection,
+        route: Route,
+        url: str,
+        query: str,
+        headers: CIMultiDict[str],
+        exchange: Exchange,
+    ) -> web.StreamResponse:
+        body = await self._read_request_body(request)
+        parts = MessageParts(headers, body, query)
+        parts, counts = await rewrite_message(route.request, parts, self._vault, self._limits)
+        exchange.counts = counts
+        if parts.query != query:
+            url = url.partition("?")[0] + (f"?{parts.query}" if parts.query else "")
+
+        send_body = parts.body if (parts.body or request.body_exists) else None
+        upstream = await self._upstream.send(url, request.method, parts.headers, send_body)
+        try:
+            if not route.response:
+                return await _stream_response(request, upstream)
+            return await self._rewrite_response(request, route, upstream, exchange)
+        finally:
+            upstream.release()
+
+    async def _read_request_body(self, request: web.BaseRequest) -> bytes:
+        limit = self._limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyTooLargeError(
+                f"request body is larger than {limit} bytes (limits.max_body_bytes)"
+            )
+        if not request.body_exists:
+            return b""
+        await _send_continue(request)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(
+                    f"request body is larger than {limit} bytes (limits.max_body_bytes)"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _rewrite_response(
+        self, request: web.BaseRequest, route: Route, upstream: ClientResponse, exchange: Exchange
+    ) -> web.StreamResponse:
+        body = await read_limited(upstream, self._limits.max_body_bytes)
+        if body is None:
+            raise UpstreamResponseError(
+                f"upstream response body is larger than {self._limits.max_body_bytes} bytes"
+            )
+        parts = MessageParts(client_response_headers(upstream.headers), body)
+        try:
+            parts, counts = await rewrite_message(route.response, parts, self._vault, self._limits)
+        except _RESPONSE_FAULTS as error:
+            raise UpstreamResponseError(
+                f"upstream response cannot be processed: {error.message}"
+            ) from error
+        if exchange.counts is not None:
+            counts = RewriteCounts(
+                exchange.counts.tokenized + counts.tokenized,
+                exchange.counts.detokenized + counts.detokenized,
+            )
+        exchange.counts = counts
+
+        response = web.Response(
+            status=upstream.status, reason=upstream.reason, headers=parts.headers
+        )
+        if request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES:
+            response.body = parts.body
+        return response
+
+    def _log_access(self, exchange: Exchange) -> None:
+        if not self._access_log:
+            return
+        counts = exchange.counts or RewriteCounts()
+        access_logger.info(
+            "%s %s connection=%s route=%s status=%d duration_ms=%.1f tokenized=%d detokenized=%d%s",
+            exchange.method,
+            exchange.path,
+            exchange.connection,
+            exchange.route,
+            exchange.status,
+            (time.perf_counter() - exchange.started) * 1000,
+            counts.tokenized,
+            counts.detokenized,
+            f" error={exchange.error_type}" if exchange.error_type else "",
+        )
+
+
+async def _send_continue(request: web.BaseRequest) -> None:
+    """Send ``100 Continue`` when the client waits for it before sending the body."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if (
+        expect.lower() == "100-continue"
+        and request.version >= (1, 1)
+        and request.writer is not None
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def _stream_response(
+    request: web.BaseRequest, upstream: ClientResponse
+) -> web.StreamResponse:
+    headers = client_response_headers(upstream.headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUSES
+    if upstream.content_length is not None and upstream.status not in _NO_BODY_STATUSES:
+        # For HEAD this is the length a GET would have (RFC 9110, 8.6); no body follows.
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    if no_body:
+        await response.write_eof()
+        return response
+    try:
+        async for chunk in upstream.content.iter_chunked(_CHUNK):
+            await response.write(chunk)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # The status line is already sent, so the only honest signal left is to cut the
+        # connection: the client sees a truncated body instead of a complete-looking one.
+        logger.warning(
+            "upstream response interrupted, closing client connection: %s", type(exc).__name__
+        )
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response

@@ -1,0 +1,98 @@
+"""Start and stop a gateway: keys, store, vault, router and the reverse listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.config.model import Address, Config
+from gateway.engine.routing import Router
+from gateway.proxy.reverse import ReverseProxy
+from gateway.proxy.upstream import UpstreamClient
+from gateway.store import open_store
+from gateway.store.base import TokenStore
+from gateway.tokens.keys import load_key_ring
+from gateway.tokens.vault import Vault
+
+logger = logging.getLogger("gateway.server")
+
+
+@dataclass
+class Gateway:
+    """A running gateway. ``start`` returns once the listener accepts connections."""
+
+    config: Config
+    store: TokenStore
+    upstream: UpstreamClient
+    runner: web.ServerRunner
+    reverse_address: Address
+
+    @classmethod
+    async def start(cls, config: Config) -> Gateway:
+        base_dir = config.source.parent
+        key_ring = load_key_ring(config.keys, base_dir=base_dir)
+        store = open_store(config.store.url, timeout=config.limits.store_timeout, base_dir=base_dir)
+        try:
+            await store.ping()
+            for warning in await store.durability_warnings():
+                logger.warning("store durability: %s", warning)
+        except Exception:
+            await store.close()
+            raise
+
+        vault = Vault(store, key_ring)
+        upstream = UpstreamClient(config.limits)
+        await upstream.start()
+        proxy = ReverseProxy(
+            Router(config.connections),
+            vault,
+            config.limits,
+            upstream,
+            access_log=config.logging.access_log,
+        )
+        # auto_decompress off: the route engine decodes bodies itself, with an output cap, and an
+        # unrouted body must reach the upstream byte for byte with its Content-Encoding.
+        server = web.Server(proxy.handle, access_log=None, auto_decompress=False)
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        listen = config.listen.reverse
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
+        await site.start()
+
+        sockets = runner.addresses
+        host, port = sockets[0][0], sockets[0][1]
+        address = Address(str(host), int(port))
+        for connection in config.connections:
+            logger.info(
+                "connection %s: mount %s -> %s (%d routes)",
+                connection.name,
+                connection.mount,
+                connection.upstream,
+                len(connection.routes),
+            )
+        logger.info("reverse proxy listening on http://%s", address)
+        return cls(config, store, upstream, runner, address)
+
+    async def stop(self) -> None:
+        logger.info("stopping; finishing requests in flight")
+        await self.runner.cleanup()
+        await self.upstream.close()
+        await self.store.close()
+        logger.info("stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    gateway = await Gateway.start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()
