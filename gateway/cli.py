@@ -76,7 +76,20 @@ def _print_config_error(error: ConfigError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
+def _config_missing(path: Path) -> bool:
+    if path.is_file():
+        return False
+    print(
+        f"vaultgate: configuration file {path} not found in {Path.cwd()}; pass one with -c "
+        "(for example -c config.example.yaml) or set VAULTGATE_CONFIG",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _check(arguments: argparse.Namespace) -> int:
+    if _config_missing(arguments.config):
+        return 1
     try:
         config = load_config(arguments.config)
     except ConfigError as error:
@@ -88,6 +101,8 @@ def _check(arguments: argparse.Namespace) -> int:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    if _config_missing(arguments.config):
+        return 1
     try:
         config = load_config(arguments.config)
     except ConfigError as error:
@@ -101,7 +116,13 @@ def _run(arguments: argparse.Namespace) -> int:
         logger.error("not started: %s", error)
         return 1
     except OSError as error:
-        logger.error("not started: %s", error)
+        address = config.listen.reverse
+        logger.error(
+            "not started: cannot listen on %s: %s; stop the other process or change "
+            "listen.reverse (VAULTGATE_LISTEN in config.example.yaml)",
+            address,
+            error.strerror or error,
+        )
         return 1
     return 0
 

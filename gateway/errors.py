@@ -85,11 +85,17 @@ class MessageError(VaultgateError):
 
     status = 400
     error_type = "invalid_request"
+    public_message: str | None = None
+    """A fixed text sent to clients instead of ``message``, which may then name internals."""
 
     def __init__(self, message: str, *, route: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.route = route
+
+    @property
+    def client_message(self) -> str:
+        return self.public_message or self.message
 
 
 class NotFoundError(MessageError):
@@ -140,6 +146,7 @@ class InvalidTokenError(MessageError):
 class StoreUnavailableError(MessageError, ConnectionError):
     status = 503
     error_type = "store_unavailable"
+    public_message = "the token store is unavailable; retry later"
 
 
 class TokenSpaceExhaustedError(MessageError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -33,39 +34,26 @@ class Gateway:
 
     @classmethod
     async def start(cls, config: Config) -> Gateway:
-        base_dir = config.source.parent
-        key_ring = load_key_ring(config.keys, base_dir=base_dir)
-        store = open_store(config.store.url, timeout=config.limits.store_timeout, base_dir=base_dir)
-        try:
+        """Start everything, or raise after closing what was already started."""
+        async with contextlib.AsyncExitStack() as cleanup:
+            base_dir = config.source.parent
+            key_ring = load_key_ring(config.keys, base_dir=base_dir)
+            store = open_store(
+                config.store.url, timeout=config.limits.store_timeout, base_dir=base_dir
+            )
+            cleanup.push_async_callback(store.close)
             await store.ping()
             for warning in await store.durability_warnings():
                 logger.warning("store durability: %s", warning)
-        except Exception:
-            await store.close()
-            raise
+            vault = Vault(store, key_ring)
+            await vault.check_key_ring()
 
-        vault = Vault(store, key_ring)
-        upstream = UpstreamClient(config.limits)
-        await upstream.start()
-        proxy = ReverseProxy(
-            Router(config.connections),
-            vault,
-            config.limits,
-            upstream,
-            access_log=config.logging.access_log,
-        )
-        # auto_decompress off: the route engine decodes bodies itself, with an output cap, and an
-        # unrouted body must reach the upstream byte for byte with its Content-Encoding.
-        server = web.Server(proxy.handle, access_log=None, auto_decompress=False)
-        runner = web.ServerRunner(server, handle_signals=False)
-        await runner.setup()
-        listen = config.listen.reverse
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-        await site.start()
+            upstream = UpstreamClient(config.limits)
+            await upstream.start()
+            cleanup.push_async_callback(upstream.close)
+            runner, address = await _start_reverse_listener(config, vault, upstream)
+            cleanup.pop_all()
 
-        sockets = runner.addresses
-        host, port = sockets[0][0], sockets[0][1]
-        address = Address(str(host), int(port))
         for connection in config.connections:
             logger.info(
                 "connection %s: mount %s -> %s (%d routes)",
@@ -83,6 +71,32 @@ class Gateway:
         await self.upstream.close()
         await self.store.close()
         logger.info("stopped")
+
+
+async def _start_reverse_listener(
+    config: Config, vault: Vault, upstream: UpstreamClient
+) -> tuple[web.ServerRunner, Address]:
+    proxy = ReverseProxy(
+        Router(config.connections),
+        vault,
+        config.limits,
+        upstream,
+        access_log=config.logging.access_log,
+    )
+    # auto_decompress off: the route engine decodes bodies itself, with an output cap, and an
+    # unrouted body must reach the upstream byte for byte with its Content-Encoding.
+    server = web.Server(proxy.handle, access_log=None, auto_decompress=False)
+    runner = web.ServerRunner(server, handle_signals=False)
+    await runner.setup()
+    listen = config.listen.reverse
+    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    host, port = runner.addresses[0][0], runner.addresses[0][1]
+    return runner, Address(str(host), int(port))
 
 
 async def serve(config: Config) -> None:

@@ -67,7 +67,7 @@ def test_check_lists_every_problem_with_line(tmp_path: Path) -> None:
     assert any(
         "bad.yaml:7: unknown token format 'card'" in line and "use one of" in line for line in lines
     )
-    assert any("bad.yaml:3:" in line and "reveals plaintext" in line for line in lines)
+    assert any("bad.yaml:4:" in line and "sends plaintext" in line for line in lines)
 
 
 def test_run_refuses_invalid_config(tmp_path: Path) -> None:

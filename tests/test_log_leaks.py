@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import pytest
 
+from tests.data import load_test_card_rows
 from tests.logcapture import LOG_DIR, SENSITIVE_VALUES
-
-CARDS_FILE = Path(__file__).resolve().parents[2] / "shared/data/test_card_numbers.csv"
 
 
 def card_numbers() -> set[str]:
-    with CARDS_FILE.open(newline="") as handle:
-        return {row["pan"] for row in csv.DictReader(handle)}
+    return {row["pan"] for row in load_test_card_rows()}
 
 
 @pytest.mark.runs_last

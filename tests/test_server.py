@@ -52,27 +52,27 @@ async def test_unsafe_redis_persistence_is_named_at_start(
 
 
 async def test_safe_redis_gives_no_durability_warning(
-    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, private_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="gateway"):
         gateway = await start_gateway(
             tmp_path / "gw",
             {"shop.yaml": ROUTE.format(upstream="http://127.0.0.1:9")},
-            store_url=redis_server.url,
+            store_url=private_redis_server.url,
         )
         await gateway.stop()
     assert not [r for r in caplog.records if "durability" in r.getMessage()]
 
 
 async def test_checkout_and_payment_through_redis(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, private_redis_server: RedisServer
 ) -> None:
     upstream = RecordingUpstream()
     await upstream.start()
     gateway = await start_gateway(
         tmp_path / "gw",
         {"shop.yaml": ROUTE.format(upstream=upstream.url)},
-        store_url=redis_server.url,
+        store_url=private_redis_server.url,
     )
     try:
         async with aiohttp.ClientSession(trust_env=False) as client:

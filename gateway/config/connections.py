@@ -104,15 +104,19 @@ def _build_connection(section: Section, file: str, environ: Mapping[str, str]) -
     auth_section = section.section("auth")
     auth = _client_auth(auth_section, environ) if auth_section else None
     case_sensitive = section.boolean("case_sensitive_paths", False)
-    routes = _routes(section, case_sensitive)
+    routes_with_lines = _routes(section, case_sensitive)
+    routes = [route for route, _ in routes_with_lines]
 
-    for route in routes:
+    for route, line in routes_with_lines:
         if reveals_to_caller(route) and auth is None:
-            section.problem(
-                "routes",
-                f"route {route.name!r} detokenizes in its response, which reveals plaintext "
-                "to the caller, but the connection has no client authentication",
-                "add an auth section with API keys, or detokenize only in the request",
+            section.problems.append(
+                ConfigProblem(
+                    file,
+                    line,
+                    f"route {route.name!r} detokenizes its response, which sends plaintext to the "
+                    f"caller, but connection {name!r} has no auth section",
+                    "add auth with API keys, or detokenize only in the request",
+                )
             )
     return Connection(
         name=name,
@@ -206,14 +210,15 @@ def _api_key(section: Section) -> ApiKey | None:
     return ApiKey(name, bytes.fromhex(digest))
 
 
-def _routes(section: Section, case_sensitive: bool) -> list[Route]:
+def _routes(section: Section, case_sensitive: bool) -> list[tuple[Route, int]]:
+    """Return each valid route with the line it starts on."""
     raw_routes = section.raw("routes")
     if raw_routes is None:
         return []
     if not isinstance(raw_routes, YamlList):
         section.problem("routes", "routes must be a list")
         return []
-    routes: list[Route] = []
+    routes: list[tuple[Route, int]] = []
     names: dict[str, int] = {}
     for index, item in enumerate(raw_routes):
         route_section = Section.of(
@@ -231,7 +236,7 @@ def _routes(section: Section, case_sensitive: bool) -> list[Route]:
                 f"first on line {names[route.name]}",
             )
         names[route.name] = route_section.line("name")
-        routes.append(route)
+        routes.append((route, raw_routes.line_of(index)))
     return routes
 
 

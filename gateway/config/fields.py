@@ -31,14 +31,15 @@ _SIZE_UNITS = {
 
 def parse_duration(value: Any) -> float:
     """Return seconds for ``15m``, ``30s``, ``500ms``, ``2h``, ``1d`` or a number of seconds."""
+    problem = f"{value!r} is not a duration; use a number and a unit such as 30s, 15m or 2h"
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 15m or 2h")
+        raise ValueError(problem)
     if isinstance(value, int | float):
         seconds = float(value)
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise ValueError("expected a duration such as 30s, 15m or 2h")
+            raise ValueError(problem)
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
@@ -47,14 +48,15 @@ def parse_duration(value: Any) -> float:
 
 def parse_size(value: Any) -> int:
     """Return bytes for ``1MiB``, ``512KB``, ``1048576`` and the like."""
+    problem = f"{value!r} is not a size; use bytes or a unit such as 512KiB or 1MiB"
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 1MiB or 65536")
+        raise ValueError(problem)
     if isinstance(value, int):
         size = value
     else:
         match = _SIZE.match(str(value))
         if not match:
-            raise ValueError("expected a size such as 1MiB, 512KiB or 65536 (bytes)")
+            raise ValueError(problem)
         unit = match.group(2).lower() if match.group(2) else None
         size = int(match.group(1)) * _SIZE_UNITS[unit]
     if size <= 0:
@@ -70,6 +72,8 @@ class Section:
         self.file = file
         self.problems = problems
         self.where = where
+        self.misspelled: set[str] = set()
+        """Allowed keys that an unknown key was reported as a likely misspelling of."""
 
     @classmethod
     def of(
@@ -98,6 +102,7 @@ class Section:
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(allowed)
+                self.misspelled.update(close)
                 where = f" in {self.where}" if self.where else ""
                 self.problem(key, f"unknown key {key!r}{where}", hint)
 
@@ -109,7 +114,8 @@ class Section:
 
     def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
         if not self.has(key):
-            if required:
+            # A misspelled key was reported already; "missing" would only repeat it.
+            if required and key not in self.misspelled:
                 self.problem(None, f"{self.name_of(key)} is missing")
             return default
         value = self.mapping[key]
@@ -132,7 +138,7 @@ class Section:
             return True
         if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
             return False
-        self.problem(key, f"{self.name_of(key)} must be true or false")
+        self.problem(key, f"{self.name_of(key)} is {value!r}; use true or false")
         return default
 
     def integer(self, key: str, default: int, *, minimum: int = 0) -> int:

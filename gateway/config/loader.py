@@ -102,9 +102,11 @@ def _store(section: Section | None, base_dir: Path) -> StoreConfig:
     section.check_keys(("url",))
     url = section.string("url", StoreConfig().url) or StoreConfig().url
     if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+        # Only the scheme is shown: the rest of the URL may carry a password.
+        scheme = url.split(":", 1)[0]
         section.problem(
             "url",
-            f"store.url {url.split('://')[0]!r} is not a supported store",
+            f"store.url with scheme {scheme!r} is not a supported store",
             "use sqlite:///path/tokens.db or redis://host:6379/0",
         )
     return StoreConfig(url=_resolve_sqlite(url, base_dir))

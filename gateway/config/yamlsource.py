@@ -62,7 +62,12 @@ def load_yaml_text(text: str, file: str, environ: Mapping[str, str]) -> Any:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise ConfigError([ConfigProblem(file, line, f"invalid YAML: {exc.problem}")]) from exc
+        hint = None
+        if "'{'" in str(exc.problem) or "'}'" in str(exc.problem):
+            hint = 'a path with {name} inside {...} needs quotes: path: "/orders/{id}"'
+        raise ConfigError(
+            [ConfigProblem(file, line, f"invalid YAML: {exc.problem}", hint)]
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(file, None, f"invalid YAML: {exc}")]) from exc
     if node is None:

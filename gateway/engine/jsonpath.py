@@ -94,10 +94,17 @@ def parse_json_path(expression: str) -> JsonPath:
     """Parse an expression such as ``$.card.number`` or ``$..cvc``."""
     if not expression.startswith("$"):
         raise JsonPathSyntaxError("a JSONPath expression starts with '$'")
+    if "[?" in expression or "(" in expression:
+        raise JsonPathSyntaxError(
+            "filter and function expressions are not supported; select by member name, "
+            "index, slice, [*] or .."
+        )
     try:
         tree = parse_jsonpath_ng(expression)
     except Exception as exc:  # jsonpath-ng raises bare Exception subclasses of several kinds
-        raise JsonPathSyntaxError(f"invalid JSONPath: {exc}") from exc
+        unclosed = expression.count("[") != expression.count("]")
+        reason = "an unclosed '['" if unclosed else "a syntax error"
+        raise JsonPathSyntaxError(f"invalid JSONPath: {reason}") from exc
 
     segments = tuple(_segments_of(tree))
     if not segments:

@@ -69,6 +69,7 @@ class PendingRewrite:
     detokenize_tokens: list[str] = field(default_factory=list)
     _tokenize_setters: list[Setter] = field(default_factory=list)
     _detokenize_setters: list[Setter] = field(default_factory=list)
+    _detokenize_selectors: list[str] = field(default_factory=list)
     _commit: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -95,9 +96,14 @@ class PendingRewrite:
             if isinstance(token, InvalidValueError):
                 raise token
             set_token(token, ValueType.STRING)
-        for result, set_value in zip(revealed, self._detokenize_setters, strict=True):
+        for result, set_value, selector in zip(
+            revealed, self._detokenize_setters, self._detokenize_selectors, strict=True
+        ):
             if isinstance(result, InvalidTokenError):
-                raise result
+                raise InvalidTokenError(
+                    f"field {selector} does not hold a known token (unknown, expired, or not a "
+                    "token)"
+                ) from result
             set_value(result.value, result.value_type)
 
         for commit in self._commit:
@@ -156,6 +162,7 @@ def _add(
     else:
         pending.detokenize_tokens.append(value)
         pending._detokenize_setters.append(set_value)
+        pending._detokenize_selectors.append(str(operation.selector))
 
 
 def _missing(operation: Operation) -> None:
@@ -181,9 +188,12 @@ def _require_media(media_type: MediaType | None, wanted: str) -> MediaType:
     )
     if media_type is None or not accepted:
         expected = "application/json" if wanted == "json" else "application/x-www-form-urlencoded"
-        found = media_type.type if media_type else "none"
+        if media_type is None:
+            raise UnsupportedMediaError(
+                f"Content-Type header is missing; send Content-Type: {expected}"
+            )
         raise UnsupportedMediaError(
-            f"the route reads a {wanted} body; Content-Type is {found}, expected {expected}"
+            f"Content-Type {media_type.type} does not fit the route, which reads {expected} bodies"
         )
     check_charset(media_type)
     return media_type

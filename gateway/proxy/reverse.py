@@ -86,7 +86,6 @@ class ReverseProxy:
         try:
             response = await self._handle(request, path, query, exchange)
         except MessageError as error:
-            error.route = error.route or (exchange.route if exchange.route != "-" else None)
             exchange.error_type = error.error_type
             logger.warning(
                 "rejected request: connection=%s route=%s status=%d type=%s reason=%s",
@@ -96,7 +95,7 @@ class ReverseProxy:
                 error.error_type,
                 error.message,
             )
-            response = error_response(error)
+            response = error_response(error, exchange.route if exchange.route != "-" else None)
         except Exception:
             # Only the type and the route are logged: an unexpected error's text may quote input.
             logger.exception(

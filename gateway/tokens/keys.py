@@ -163,8 +163,8 @@ def load_key_ring(config: KeysConfig, *, base_dir: Path) -> KeyRing:
 
     ring = KeyRing(key_file)
     logger.info(
-        "loaded %d master keys from %s, primary version %d",
-        len(ring.versions),
+        "loaded master key versions %s from %s, primary version %d",
+        ", ".join(str(version) for version in ring.versions),
         source,
         ring.primary_version,
     )

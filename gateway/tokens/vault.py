@@ -18,6 +18,7 @@ from typing import Final, cast
 from gateway.errors import (
     InvalidTokenError,
     InvalidValueError,
+    KeyMaterialError,
     StoreError,
     TokenSpaceExhaustedError,
 )
@@ -44,6 +45,12 @@ MAX_TTL_SECONDS: Final = 100 * 365 * 24 * 3600
 # A NUMBER value is written back into JSON as a number, so it must fit the JSON number grammar.
 _JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _UNKNOWN_OR_EXPIRED: Final = "unknown or expired token"
+
+KEY_CHECK_LOOKUP_KEY: Final = bytes(32)
+"""Store key of the key-check record. No token maps to it: a lookup key is an HMAC-SHA256
+output, which is all zero bytes with probability 2**-256."""
+_KEY_CHECK_TOKEN: Final = "vaultgate key check"  # noqa: S105 (a fixed label, not a secret)
+_KEY_CHECK_CLASS: Final = "vaultgate.key_check"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,46 @@ class Vault:
         self._cipher = RecordCipher(key_ring)
         self._clock = clock
         self._max_attempts = max_attempts
+
+    async def check_key_ring(self) -> None:
+        """Make sure the store's records were sealed with this key ring; mark a new store.
+
+        The first gateway to use a store writes a key-check record sealed under its key ring and
+        holding the lookup key of a fixed text, so that it depends on the index key too. Later
+        starts open that record. Raises ``KeyMaterialError`` when it does not open, because
+        every existing token would then fail to detokenize.
+        """
+        expected = self._cipher.lookup_key(_KEY_CHECK_TOKEN).hex()
+        [record] = await self._store.get_many([KEY_CHECK_LOOKUP_KEY])
+        if record is None:
+            metadata = RecordMetadata(
+                class_name=_KEY_CHECK_CLASS,
+                format="uuid",
+                value_type=ValueType.STRING,
+                created_at_ms=self._now_ms(),
+                expires_at_ms=None,
+            )
+            blob = self._cipher.seal_record(_KEY_CHECK_TOKEN, expected, metadata)
+            stored = StoredRecord(KEY_CHECK_LOOKUP_KEY, blob, read_key_version(blob), None)
+            [result] = await self._store.put_many([PutRequest(stored)])
+            if result.status is PutStatus.STORED:
+                logger.info("marked the token store with a key-check record for this key ring")
+                return
+            # Another gateway wrote it first; check that one.
+            [record] = await self._store.get_many([KEY_CHECK_LOOKUP_KEY])
+            if record is None:
+                raise StoreError("the key-check record vanished while it was written")
+
+        try:
+            opened = self._cipher.open_record(_KEY_CHECK_TOKEN, record.blob)
+        except TamperedBlobError:
+            opened = None
+        if opened is None or opened.value != expected:
+            raise KeyMaterialError(
+                "the token store holds records sealed under another key ring, so its tokens "
+                "would not detokenize; start with the key file that created this store, or "
+                "with an empty store"
+            )
 
     async def tokenize_many(self, items: Sequence[TokenizeItem]) -> list[str | InvalidValueError]:
         """Return a token for each item, or the error that item got.

@@ -96,7 +96,7 @@ routes:
 """
     problems = problems_of(tmp_path, text)
     assert len(problems) == 1
-    assert "reveals plaintext" in problems[0].message
+    assert "sends plaintext" in problems[0].message
     assert problems[0].hint is not None
     assert "auth" in problems[0].hint
 

@@ -8,7 +8,6 @@ using the unmodified SDKs, and the provider stand-ins receive the real card numb
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ from aiohttp import web
 
 from gateway.config.loader import load_config
 from gateway.server import Gateway
+from tests.data import load_test_card_rows
 from tests.upstream import ReceivedRequest, RecordingUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
-CARDS_FILE = ROOT.parent / "shared/data/test_card_numbers.csv"
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,7 @@ class Card:
 
 
 def load_test_cards() -> list[Card]:
-    with CARDS_FILE.open(newline="") as handle:
-        return [Card(row["pan"], row["brand_or_scenario"]) for row in csv.DictReader(handle)]
+    return [Card(row["pan"], row["brand_or_scenario"]) for row in load_test_card_rows()]
 
 
 CARDS = load_test_cards()

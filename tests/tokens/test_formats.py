@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import csv
 import re
 import string
-from pathlib import Path
 
 import pytest
 
@@ -16,17 +14,9 @@ from gateway.tokens.formats import (
     is_luhn_valid,
     luhn_check_digit,
 )
+from tests.data import load_test_card_rows
 
-# The shared test data sits beside the repository checkout, in CI as on a developer machine.
-TEST_CARDS_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "test_card_numbers.csv"
 TOKENS_PER_VALUE = 25
-
-
-def load_test_cards() -> list[dict[str, str]]:
-    if not TEST_CARDS_CSV.is_file():
-        pytest.fail(f"test card list {TEST_CARDS_CSV} is missing")
-    with TEST_CARDS_CSV.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def luhn_number(length: int, prefix: str = "4") -> str:
@@ -34,7 +24,7 @@ def luhn_number(length: int, prefix: str = "4") -> str:
     return payload + luhn_check_digit(payload)
 
 
-TEST_CARDS = load_test_cards()
+TEST_CARDS = load_test_card_rows()
 CARD_NUMBERS = [row["pan"] for row in TEST_CARDS] + [luhn_number(n) for n in (12, 13, 17, 18)]
 
 
