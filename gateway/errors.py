@@ -14,6 +14,7 @@ aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``
     │   ├── InvalidBodyError         400 malformed body, duplicate keys, NaN, too deep
     │   ├── MissingFieldError        400 a required field is absent
     │   ├── InvalidValueError        400 a value does not fit the token format
+    │   ├── RequestTimeoutError      408 the client sent its body too slowly (a TimeoutError)
     │   ├── BodyTooLargeError        413 over limits.max_body_bytes, also after decompression
     │   ├── UnsupportedMediaError    415 wrong content type or unknown content encoding
     │   ├── InvalidTokenError        422 unknown, expired or malformed token
@@ -126,6 +127,11 @@ class MissingFieldError(MessageError):
 class InvalidValueError(MessageError):
     status = 400
     error_type = "invalid_value"
+
+
+class RequestTimeoutError(MessageError, TimeoutError):
+    status = 408
+    error_type = "request_timeout"
 
 
 class BodyTooLargeError(MessageError):

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
+from gateway.proxy.listener import GatewayServer
 from gateway.proxy.reverse import ReverseProxy
 from gateway.proxy.upstream import UpstreamClient
 from gateway.store import open_store
@@ -85,7 +86,7 @@ async def _start_reverse_listener(
     )
     # auto_decompress off: the route engine decodes bodies itself, with an output cap, and an
     # unrouted body must reach the upstream byte for byte with its Content-Encoding.
-    server = web.Server(proxy.handle, access_log=None, auto_decompress=False)
+    server = GatewayServer(proxy.handle, access_log=None, auto_decompress=False)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     listen = config.listen.reverse

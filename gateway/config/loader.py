@@ -144,6 +144,7 @@ def _limits(section: Section | None) -> Limits:
             "max_body_bytes",
             "max_json_depth",
             "max_fields",
+            "client_body_timeout",
             "upstream_connect_timeout",
             "upstream_timeout",
             "store_timeout",
@@ -153,6 +154,8 @@ def _limits(section: Section | None) -> Limits:
         max_body_bytes=section.size("max_body_bytes", defaults.max_body_bytes),
         max_json_depth=section.integer("max_json_depth", defaults.max_json_depth, minimum=1),
         max_fields=section.integer("max_fields", defaults.max_fields, minimum=1),
+        client_body_timeout=section.duration("client_body_timeout", defaults.client_body_timeout)
+        or defaults.client_body_timeout,
         upstream_connect_timeout=section.duration(
             "upstream_connect_timeout", defaults.upstream_connect_timeout
         )

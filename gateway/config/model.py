@@ -50,6 +50,8 @@ class Limits:
     max_json_depth: int = 64
     max_fields: int = 1000
     """Most fields one message may tokenize or detokenize, which bounds one store batch."""
+    client_body_timeout: float = 30.0
+    """Seconds a client may take to send a routed request's whole body; then 408."""
     upstream_connect_timeout: float = 5.0
     upstream_timeout: float = 30.0
     """Seconds from sending the request until the upstream's response headers arrive."""

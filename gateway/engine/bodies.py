@@ -63,13 +63,13 @@ def check_charset(media_type: MediaType) -> None:
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Keys that differ only in case count as duplicates, because Go's encoding/json and
+    # ASP.NET Core bind them to one field: the backend could read the copy a rule skipped.
     document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise InvalidBodyError("JSON body has a duplicate object key")
-            seen.add(key)
+    if len({key.casefold() for key in document}) != len(pairs):
+        raise InvalidBodyError(
+            "JSON body has a duplicate object key (keys that differ only in case count too)"
+        )
     return document
 
 
@@ -93,8 +93,10 @@ def parse_json(body: bytes, *, max_depth: int) -> Any:
         raise InvalidBodyError(f"malformed JSON body: {exc.msg} at offset {exc.pos}") from exc
     except RecursionError as exc:
         raise InvalidBodyError(f"JSON body is nested deeper than {max_depth} levels") from exc
-    except ValueError as exc:  # an integer longer than sys.get_int_max_str_digits()
-        raise InvalidBodyError("JSON body has a number with too many digits") from exc
+    except (ValueError, ArithmeticError) as exc:
+        # An integer longer than sys.get_int_max_str_digits(), or an exponent out of the
+        # range of Decimal (decimal.InvalidOperation).
+        raise InvalidBodyError("JSON body has a number out of range") from exc
 
     if _depth_exceeds(document, max_depth):
         raise InvalidBodyError(f"JSON body is nested deeper than {max_depth} levels")
@@ -154,7 +156,18 @@ class FormData:
     fields: list[FormField]
 
     def find(self, name: str) -> list[FormField]:
-        return [field for field in self.fields if field.name == name]
+        """Return every field that a backend could read as ``name``.
+
+        That is the name in any letter case (ASP.NET Core binds query names so), and the name
+        with an array suffix such as ``card[number][]`` or ``card[number][0]``, which Rack, PHP
+        and Node's qs read as the same field.
+        """
+        folded = name.casefold()
+        return [
+            field
+            for field in self.fields
+            if field.name.casefold() == folded or field.name.casefold().startswith(folded + "[")
+        ]
 
     def set_value(self, field: FormField, value: str) -> None:
         raw_name = field.raw.split("=", 1)[0]

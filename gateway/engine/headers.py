@@ -37,11 +37,19 @@ def _connection_tokens(headers: Headers) -> set[str]:
 
 
 def end_to_end_headers(headers: Headers, *, also_remove: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Return a copy without hop-by-hop headers, those named in Connection, and ``also_remove``."""
+    """Return a copy without hop-by-hop headers, those named in Connection, and ``also_remove``.
+
+    Repeated fields get the spelling of their first line. aiohttp's client (3.14) keeps only the
+    last of two lines whose names differ in case, so ``X-Card`` and ``x-card`` would lose one.
+    """
     removed = HOP_BY_HOP | _connection_tokens(headers) | {name.lower() for name in also_remove}
-    return CIMultiDict(
-        (name, value) for name, value in headers.items() if name.lower() not in removed
-    )
+    spellings: dict[str, str] = {}
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        folded = name.lower()
+        if folded not in removed:
+            kept.add(spellings.setdefault(folded, name), value)
+    return kept
 
 
 def upstream_request_headers(headers: Headers, *, auth_header: str | None) -> CIMultiDict[str]:

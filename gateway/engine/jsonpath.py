@@ -8,6 +8,10 @@ wildcards and the descendant segment ``..``. Filters and functions are rejected 
 
 ``locate`` returns the places that hold the selected values, as (container, key) pairs, so that a
 caller can replace each value in place. The root itself is never a place.
+
+One deliberate difference from RFC 9535: a member name also selects a member whose name differs
+only in case, because Go's encoding/json and ASP.NET Core bind ``"NUMBER"`` to a field named
+``number``. A rule that skipped it would let the backend read the value in plaintext.
 """
 
 from __future__ import annotations
@@ -151,6 +155,10 @@ def _select(selector: Selector, value: Any) -> Iterator[tuple[Place, Any]]:
                 for name in names:
                     if name in value:
                         yield (value, name), value[name]
+                    folded = name.casefold()
+                    for key, member in value.items():
+                        if key != name and key.casefold() == folded:
+                            yield (value, key), member
         case Indexes(indexes):
             if isinstance(value, list):
                 for index in indexes:

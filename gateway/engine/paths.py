@@ -18,12 +18,18 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 _UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+# Encoded slashes and backslashes: backends that decode them, and IIS for a raw backslash, route
+# them as '/'; so does the relay, which keeps the path it matches and the path it sends alike.
+_SLASH_LIKE = re.compile(r"%2[fF]|%5[cC]|\\")
+_FORMAT_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}$")
 
 
 def normalize_path(path: str) -> str:
-    """Return the path to relay: unreserved escapes decoded, dot segments and ``//`` removed."""
+    """Return the path to relay: unreserved escapes decoded, ``%2F``, ``%5C`` and ``\\`` made
+    into ``/``, dot segments and ``//`` removed."""
     if not path.startswith("/"):
         path = "/" + path
+    path = _SLASH_LIKE.sub("/", path)
     path = _UNRESERVED_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), path)
 
     output: list[str] = []
@@ -48,8 +54,8 @@ def normalize_path(path: str) -> str:
 def matching_key(normalized_path: str, *, case_sensitive: bool) -> str:
     """Return the form of a normalized path that mounts and patterns are compared with.
 
-    Every escape is decoded here, ``%2F`` included, because some backends decode it to ``/``
-    before routing.
+    Every remaining escape is decoded here, because some backends decode escapes before
+    routing.
     """
     decoded = normalize_path(unquote(normalized_path))
     segments = [segment.split(";", 1)[0] for segment in decoded.split("/")]
@@ -107,6 +113,17 @@ def _segment_regex(part: str) -> str:
         else:
             pieces.append(re.escape(piece))
     return "".join(pieces)
+
+
+def without_format_suffix(key: str) -> str | None:
+    """Return a matching key without a final ``.json``-style suffix, or None when it has none.
+
+    Rails routes ``/orders.json`` to the ``/orders`` action, so a route must match both.
+    """
+    match = _FORMAT_SUFFIX.search(key)
+    if match is None or "/" in key[match.start() :]:
+        return None
+    return key[: match.start()]
 
 
 def strip_mount(normalized_path: str, mount: str, *, case_sensitive: bool) -> str | None:

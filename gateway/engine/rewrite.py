@@ -174,7 +174,8 @@ def _missing(operation: Operation) -> None:
 
 
 def _decoded_body(parts: MessageParts, limits: Limits) -> tuple[bytes, list[str]]:
-    codings = parse_codings(parts.headers.get("Content-Encoding"))
+    # Repeated Content-Encoding lines form one list (RFC 9110, 5.3).
+    codings = parse_codings(", ".join(parts.headers.getall("Content-Encoding", [])))
     if len(parts.body) > limits.max_body_bytes:
         raise BodyTooLargeError(f"body is larger than {limits.max_body_bytes} bytes")
     if not parts.body:
@@ -311,19 +312,27 @@ def _collect_header_fields(
     operation: Operation, selector: HeaderSelector, pending: PendingRewrite
 ) -> None:
     headers = pending.parts.headers
-    values = headers.getall(selector.name, [])
-    if not values:
+    # CGI-style servers (Rack, older WSGI) read X-Card_Number as X-Card-Number, so both count.
+    fields = [
+        (position, name, value)
+        for position, (name, value) in enumerate(headers.items())
+        if name.lower().replace("_", "-") == selector.name
+    ]
+    if not fields:
         _missing(operation)
         return
 
-    replacements: list[str] = list(values)
+    replacements: dict[int, str] = {}
 
     def commit() -> None:
-        headers.popall(selector.name)
-        for value in replacements:
-            headers.add(selector.name, value)
+        rewritten = [
+            (name, replacements.get(position, value))
+            for position, (name, value) in enumerate(headers.items())
+        ]
+        headers.clear()
+        headers.extend(rewritten)
 
-    for position, value in enumerate(values):
+    for position, _, value in fields:
 
         def set_value(new: str, _: ValueType, position: int = position) -> None:
             if any(_is_control(character) for character in new):

@@ -11,7 +11,13 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.engine.paths import PathPattern, matching_key, normalize_path, strip_mount
+from gateway.engine.paths import (
+    PathPattern,
+    matching_key,
+    normalize_path,
+    strip_mount,
+    without_format_suffix,
+)
 from gateway.engine.selectors import FieldSelector
 
 
@@ -42,11 +48,16 @@ class RouteMatch:
     """Media types without parameters, lower case, or None for any."""
 
     def fits(self, method: str, path_key: str, media_type: str | None) -> bool:
-        if self.methods is not None and method.upper() not in self.methods:
+        if self.methods is not None and not self._allows(method.upper()):
             return False
         if not self.path.matches(path_key):
             return False
         return self.content_types is None or media_type in self.content_types
+
+    def _allows(self, method: str) -> bool:
+        assert self.methods is not None
+        # Web frameworks run GET handlers for HEAD (RFC 9110, 9.3.2), so a GET route covers it.
+        return method in self.methods or (method == "HEAD" and "GET" in self.methods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +109,18 @@ class Connection:
     """The route file this connection came from, for messages."""
 
     def find_route(self, method: str, path: str, media_type: str | None) -> Route | None:
-        """Return the first route that fits, given the path below the mount."""
+        """Return the first route that fits, given the path below the mount.
+
+        A path with a format suffix (``/orders.json``) also matches the route of the path
+        without it.
+        """
         key = matching_key(path, case_sensitive=self.case_sensitive_paths)
+        keys = [key]
+        stripped = without_format_suffix(key)
+        if stripped is not None:
+            keys.append(stripped)
         for route in self.routes:
-            if route.match.fits(method, key, media_type):
+            if any(route.match.fits(method, candidate, media_type) for candidate in keys):
                 return route
         return None
 

@@ -9,6 +9,7 @@ gets a JSON error and is never relayed as it came.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,8 +29,11 @@ from gateway.errors import (
     BodyTooLargeError,
     InvalidBodyError,
     InvalidTokenError,
+    InvalidValueError,
     MessageError,
+    MissingFieldError,
     NotFoundError,
+    RequestTimeoutError,
     RouteNotMatchedError,
     UnsupportedMediaError,
     UpstreamResponseError,
@@ -42,11 +46,19 @@ from gateway.tokens.vault import Vault
 logger = logging.getLogger("gateway.proxy")
 access_logger = logging.getLogger("gateway.access")
 
-_LONG_DIGITS = re.compile(r"\d{6,}")
+# Path parts that could carry a value: emails, and digit runs grouped by spaces, dashes or dots.
+_PATH_VALUE = re.compile(r"[^/@]+@[^/]+|[^/]*%40[^/]*|\d(?:[\d .-]*\d){3,}")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _CHUNK = 64 * 1024
 # Errors that describe a bad upstream response when they come from the response phase.
-_RESPONSE_FAULTS = (InvalidBodyError, UnsupportedMediaError, BodyTooLargeError, InvalidTokenError)
+_RESPONSE_FAULTS = (
+    InvalidBodyError,
+    UnsupportedMediaError,
+    BodyTooLargeError,
+    InvalidTokenError,
+    InvalidValueError,
+    MissingFieldError,
+)
 
 
 @dataclass(slots=True)
@@ -82,7 +94,9 @@ class ReverseProxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; the aiohttp low-level server calls this."""
         path, _, query = request.raw_path.partition("?")
-        exchange = Exchange(request.method, _LONG_DIGITS.sub("[digits]", path), time.perf_counter())
+        exchange = Exchange(
+            request.method, _PATH_VALUE.sub("[redacted]", path), time.perf_counter()
+        )
         try:
             response = await self._handle(request, path, query, exchange)
         except MessageError as error:
@@ -115,6 +129,10 @@ class ReverseProxy:
     ) -> web.StreamResponse:
         if not path.startswith("/"):
             raise InvalidBodyError("the request target must be a path starting with '/'")
+        if "#" in request.raw_path:
+            # A request target never has a fragment (RFC 9112, 3.2). An HTTP client library
+            # drops it on the way upstream, after it made the route miss.
+            raise InvalidBodyError("the request target must not contain '#'")
         mount = self._router.find_connection(path)
         if mount is None:
             raise NotFoundError("no connection is mounted at this path")
@@ -188,35 +206,41 @@ class ReverseProxy:
 
     async def _read_request_body(self, request: web.BaseRequest) -> bytes:
         limit = self._limits.max_body_bytes
+        too_large = f"request body is larger than {limit} bytes (limits.max_body_bytes)"
         if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLargeError(
-                f"request body is larger than {limit} bytes (limits.max_body_bytes)"
-            )
+            raise BodyTooLargeError(too_large)
         if not request.body_exists:
             return b""
         await _send_continue(request)
+
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLargeError(
-                    f"request body is larger than {limit} bytes (limits.max_body_bytes)"
-                )
-            chunks.append(chunk)
+        timeout = self._limits.client_body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async for chunk in request.content.iter_chunked(_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLargeError(too_large)
+                    chunks.append(chunk)
+        except TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {timeout:g} s (limits.client_body_timeout)"
+            ) from exc
         return b"".join(chunks)
 
     async def _rewrite_response(
         self, request: web.BaseRequest, route: Route, upstream: ClientResponse, exchange: Exchange
     ) -> web.StreamResponse:
-        body = await read_limited(upstream, self._limits.max_body_bytes)
+        limits = self._limits
+        body = await read_limited(upstream, limits.max_body_bytes, limits.upstream_timeout)
         if body is None:
             raise UpstreamResponseError(
-                f"upstream response body is larger than {self._limits.max_body_bytes} bytes"
+                f"upstream response body is larger than {limits.max_body_bytes} bytes"
             )
         parts = MessageParts(client_response_headers(upstream.headers), body)
         try:
-            parts, counts = await rewrite_message(route.response, parts, self._vault, self._limits)
+            parts, counts = await rewrite_message(route.response, parts, self._vault, limits)
         except _RESPONSE_FAULTS as error:
             raise UpstreamResponseError(
                 f"upstream response cannot be processed: {error.message}"
@@ -228,6 +252,9 @@ class ReverseProxy:
             )
         exchange.counts = counts
 
+        if request.method == "HEAD" and upstream.content_length is not None:
+            # The length a GET would have (RFC 9110, 8.6); no body follows.
+            parts.headers[hdrs.CONTENT_LENGTH] = str(upstream.content_length)
         response = web.Response(
             status=upstream.status, reason=upstream.reason, headers=parts.headers
         )

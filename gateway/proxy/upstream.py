@@ -8,6 +8,7 @@ send.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable
 
@@ -16,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import Limits
-from gateway.errors import UpstreamTimeoutError, UpstreamUnreachableError
+from gateway.errors import UpstreamResponseError, UpstreamTimeoutError, UpstreamUnreachableError
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -72,6 +73,8 @@ class UpstreamClient:
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError("the upstream did not answer in time") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise UpstreamResponseError("the upstream sent an invalid HTTP response") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachableError(
                 f"the upstream could not be reached: {_reason(exc)}"
@@ -86,21 +89,27 @@ def _reason(exc: aiohttp.ClientError) -> str:
     return type(exc).__name__
 
 
-async def read_limited(response: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
-    """Read the whole response body, or return None once it passes ``max_bytes``."""
+async def read_limited(
+    response: aiohttp.ClientResponse, max_bytes: int, time_limit: float
+) -> bytes | None:
+    """Read the whole response body within ``time_limit`` seconds, or return None once it passes
+    ``max_bytes``."""
     length = response.content_length
     if length is not None and length > max_bytes:
         return None
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > max_bytes:
-                return None
-            chunks.append(chunk)
+        async with asyncio.timeout(time_limit):
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    return None
+                chunks.append(chunk)
     except TimeoutError as exc:
         raise UpstreamTimeoutError("the upstream response body did not arrive in time") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamResponseError("the upstream response body is malformed or cut off") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachableError(
             f"reading the upstream response failed: {_reason(exc)}"

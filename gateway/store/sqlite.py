@@ -48,6 +48,7 @@ _UNAVAILABLE_CODES: Final = frozenset(
         sqlite3.SQLITE_CANTOPEN,
         sqlite3.SQLITE_PROTOCOL,
         sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_READONLY,
     }
 )
 
@@ -266,7 +267,8 @@ class SqliteStore(TokenStore):
             return
         try:
             results = self._run_transaction(calls)
-        except StoreError as error:
+        except (StoreError, StoreUnavailableError) as error:
+            logger.warning("SQLite write transaction of %d calls failed: %s", len(calls), error)
             for call in calls:
                 call.future.set_exception(_copy_error(error))
             return

@@ -30,7 +30,9 @@ from gateway.errors import InvalidBodyError
         (b"", "malformed"),
         (b"[" * 100 + b"]" * 100, "deeper"),
         (b"[" * 100_000 + b"]" * 100_000, "deeper"),
-        (b"1" * 5000, "digits"),
+        (b"1" * 5000, "out of range"),
+        (b"1e-99999999999999999999", "out of range"),
+        (b'{"number": "1", "NUMBER": "2"}', "duplicate"),
     ],
 )
 def test_parse_json_rejects(body: bytes, reason: str) -> None:
@@ -143,3 +145,8 @@ def test_media_type_kinds() -> None:
     assert form_type.is_form
     assert parse_media_type("") is None
     assert parse_media_type(None) is None
+
+
+def test_form_find_matches_backend_spellings() -> None:
+    form = parse_form("card%5Bnumber%5D%5B%5D=1&CARD[NUMBER]=2&card[number][0]=3&card[numbers]=4")
+    assert [field.value for field in form.find("card[number]")] == ["1", "2", "3"]

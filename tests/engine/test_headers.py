@@ -44,3 +44,9 @@ def test_repeated_response_headers_keep_order() -> None:
     assert relayed.getall("Set-Cookie") == ["a=1", "b=2", "c=3"]
     assert "Content-Length" not in relayed
     assert "Connection" not in relayed
+
+
+def test_repeated_fields_share_first_spelling() -> None:
+    headers = CIMultiDict([("X-Card", "1"), ("x-card", "2")])
+    relayed = upstream_request_headers(headers, auth_header=None)
+    assert list(relayed.items()) == [("X-Card", "1"), ("X-Card", "2")]

@@ -75,3 +75,9 @@ def test_places_allow_replacement() -> None:
 def test_invalid_or_unsupported_expressions(expression: str) -> None:
     with pytest.raises(JsonPathSyntaxError):
         parse_json_path(expression)
+
+
+def test_member_name_selects_case_variants() -> None:
+    # Go's encoding/json and ASP.NET Core bind "NUMBER" to a field named number.
+    assert selected("$.card.number", {"card": {"NUMBER": "x"}}) == ["x"]
+    assert selected("$..cvc", {"a": {"CVC": "1"}, "cvc": "2"}) == ["2", "1"]

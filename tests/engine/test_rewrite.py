@@ -246,3 +246,28 @@ def test_input_parts_are_not_modified() -> None:
     answer_with_fake_tokens(pending)
     assert original.body == b'{"a": "x"}'
     assert original.headers["X-Card"] == "1"
+
+
+def test_underscore_header_variant_is_processed() -> None:
+    operation = Operation(HeaderSelector("x-card-number"), Action.TOKENIZE)
+    headers = CIMultiDict([("X-Card_Number", "1"), ("X-Card-Number", "2"), ("Accept", "*/*")])
+    pending = prepare_rewrite([operation], MessageParts(headers, b""), LIMITS)
+    parts = answer_with_fake_tokens(pending)
+    assert list(parts.headers.items()) == [
+        ("X-Card_Number", "tok_0"),
+        ("X-Card-Number", "tok_1"),
+        ("Accept", "*/*"),
+    ]
+
+
+def test_repeated_content_encoding_lines_form_one_list() -> None:
+    headers = CIMultiDict(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "identity"),
+            ("Content-Encoding", "gzip"),
+        ]
+    )
+    body = gzip.compress(b'{"a": "x"}')
+    pending = prepare_rewrite([tokenize_json("$.a")], MessageParts(headers, body), LIMITS)
+    assert pending.tokenize_items[0].value == "x"

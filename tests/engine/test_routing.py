@@ -60,3 +60,15 @@ def test_unmatched_route_is_none() -> None:
     shop = connection("shop", "/", route("only", "/orders", {"POST"}))
     assert shop.find_route("GET", "/orders", None) is None
     assert shop.find_route("POST", "/orders/1", None) is None
+
+
+def test_head_matches_get_route() -> None:
+    shop = connection("shop", "/", route("lookup", "/lookup", {"GET"}))
+    assert shop.find_route("HEAD", "/lookup", None) is not None
+    assert shop.find_route("POST", "/lookup", None) is None
+
+
+def test_format_suffix_matches_route_without_it() -> None:
+    shop = connection("shop", "/", route("checkout", "/api/checkout", {"POST"}))
+    assert shop.find_route("POST", "/api/checkout.json", None) is not None
+    assert shop.find_route("POST", "/api/checkout.json/x", None) is None
