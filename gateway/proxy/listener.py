@@ -1,7 +1,7 @@
-"""aiohttp's low-level server with error answers that quote nothing from the request.
+"""aiohttp's low-level server with error responses that quote nothing from the request.
 
 When aiohttp's HTTP parser rejects a request (a bad transfer coding, a control character in the
-target, an oversized header), its default answer and its ERROR log line quote the bytes it could
+target, an oversized header), its default response and its ERROR log line quote the bytes it could
 not parse, and those bytes may be a card number. This handler answers with the gateway's JSON
 error body and logs only the kind of error.
 """
