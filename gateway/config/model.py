@@ -31,7 +31,7 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
-    """Where the master keys come from.
+    """The source of the master keys.
 
     ``env`` names an environment variable that contains a whole key file; when it is set, it
     wins over ``file``. With ``development`` on, a missing key file is generated with a warning;

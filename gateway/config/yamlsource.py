@@ -1,7 +1,7 @@
 """Read YAML into plain values that remember their line numbers, with ``${VAR}`` substitution.
 
 Mappings become ``YamlMap`` and sequences ``YamlList``: a dict and a list that also carry the
-line of each key or item, so that a validation error can say where the mistake is. A duplicate
+line of each key or item, so that a validation error can name the line of the mistake. A duplicate
 key is an error (PyYAML would keep the last one silently).
 
 Every scalar may use ``${VAR}`` or ``${VAR:-default}``; ``$$`` stands for a literal ``$``. A
@@ -25,7 +25,7 @@ _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{"
 
 
 class YamlMap(dict[str, Any]):
-    """A mapping that knows its own line and the line of each key (1-based)."""
+    """A mapping that records its own line and the line of each key (1-based)."""
 
     line: int
     key_lines: dict[str, int]
@@ -35,7 +35,7 @@ class YamlMap(dict[str, Any]):
 
 
 class YamlList(list[Any]):
-    """A sequence that knows its own line and the line of each item (1-based)."""
+    """A sequence that records its own line and the line of each item (1-based)."""
 
     line: int
     item_lines: list[int]

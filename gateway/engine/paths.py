@@ -7,8 +7,8 @@ leans towards matching: dot segments are removed (RFC 3986, 5.2.4), repeated sla
 percent-encoded unreserved characters decoded, a trailing slash ignored, matrix parameters
 (``;jsessionid=...``, which Tomcat and Spring strip) ignored, every other escape decoded, and by
 default letter case ignored.
-The path that is relayed is normalized the same way except for case and matrix parameters, so
-the upstream receives the path that was matched.
+``%2F``, ``%5C`` and ``\\`` count as ``/``. The path that is relayed is normalized the same way
+except for case and matrix parameters, so the upstream receives the path that was matched.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def without_format_suffix(key: str) -> str | None:
 def strip_mount(normalized_path: str, mount: str, *, case_sensitive: bool) -> str | None:
     """Return the path below ``mount``, or None when the path is not under it.
 
-    The mount must end at a segment boundary: ``/stripe`` holds ``/stripe/v1`` but not
+    The mount must end at a segment boundary: ``/stripe`` contains ``/stripe/v1`` but not
     ``/stripes``. Matrix parameters in the mount's own segments are dropped with it.
     """
     mount_key = matching_key(mount, case_sensitive=case_sensitive)

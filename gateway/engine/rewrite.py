@@ -2,7 +2,7 @@
 
 ``prepare_rewrite`` decodes and parses what the operations need and collects the values to
 tokenize and the tokens to detokenize. The caller sends them to the vault (one batch each) and
-hands the answers to ``PendingRewrite.apply``, which writes them into the message and encodes
+passes the results to ``PendingRewrite.apply``, which writes them into the message and encodes
 it again. Neither step does I/O, so the reverse proxy, the forward proxy and the tests drive
 them alike.
 """
@@ -62,7 +62,7 @@ type Setter = Callable[[str, ValueType], None]
 
 @dataclass(slots=True)
 class PendingRewrite:
-    """The fields found in a message, waiting for the vault's answers."""
+    """The fields found in a message, waiting for the vault's results."""
 
     parts: MessageParts
     tokenize_items: list[TokenizeItem] = field(default_factory=list)
@@ -85,7 +85,7 @@ class PendingRewrite:
         tokens: Sequence[str | InvalidValueError],
         revealed: Sequence[Revealed | InvalidTokenError],
     ) -> MessageParts:
-        """Write the vault's answers into the message and return the encoded parts.
+        """Write the vault's results into the message and return the encoded parts.
 
         Raises the first per-field error, so that a message with one bad field is rejected whole.
         """

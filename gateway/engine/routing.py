@@ -84,7 +84,7 @@ class ApiKey:
 
 @dataclass(frozen=True, slots=True)
 class ClientAuth:
-    """How callers of a connection prove who they are: an API key in a request header.
+    """Client authentication of a connection: an API key in a request header.
 
     With ``scheme`` set (such as ``Bearer``) the header value is ``<scheme> <key>``. The header
     is removed before the request is relayed.

@@ -1,4 +1,4 @@
-"""Error answers of the proxies: ``{"error": {"type", "message", "route"}}`` JSON bodies."""
+"""Error responses of the proxies: ``{"error": {"type", "message", "route"}}`` JSON bodies."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 When aiohttp's HTTP parser rejects a request (a bad transfer coding, a control character in the
 target, an oversized header), its default response and its ERROR log line quote the bytes it could
-not parse, and those bytes may be a card number. This handler answers with the gateway's JSON
+not parse, and those bytes may be a card number. This handler responds with the gateway's JSON
 error body and logs only the kind of error.
 """
 

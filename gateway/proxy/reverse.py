@@ -2,7 +2,7 @@
 
 A request finds its connection by mount and its route by method, path and content type. A
 route with field operations has its body read whole (up to ``limits.max_body_bytes``), rewritten
-through the vault, and relayed; the same happens to the response when the route has response
+through the vault, and relayed. The same happens to the response when the route has response
 operations. Everything else is streamed through unchanged. A message that a route cannot process
 gets a JSON error and is never relayed as it came.
 """
@@ -63,7 +63,7 @@ _RESPONSE_FAULTS = (
 
 @dataclass(slots=True)
 class Exchange:
-    """What the access log line reports about one request."""
+    """The facts about one request that its access log line reports."""
 
     method: str
     path: str
@@ -92,7 +92,7 @@ class ReverseProxy:
         self._access_log = access_log
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Answer one request; the aiohttp low-level server calls this."""
+        """Handle one request; the aiohttp low-level server calls this."""
         path, _, query = request.raw_path.partition("?")
         exchange = Exchange(
             request.method, _PATH_VALUE.sub("[redacted]", path), time.perf_counter()

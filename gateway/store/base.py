@@ -86,7 +86,7 @@ class TokenStore(ABC):
 
     @abstractmethod
     async def ping(self) -> None:
-        """Raise ``StoreUnavailableError`` unless the backend answers."""
+        """Raise ``StoreUnavailableError`` unless the backend responds."""
 
     @abstractmethod
     async def durability_warnings(self) -> list[str]:
