@@ -96,7 +96,13 @@ def _check(arguments: argparse.Namespace) -> int:
         _print_config_error(error)
         return 1
     routes = sum(len(connection.routes) for connection in config.connections)
-    print(f"{config.source}: OK, {len(config.connections)} connection(s), {routes} route(s)")
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{config.source}: OK, {len(config.connections)} connection(s), {routes} route(s), "
+        f"{len(config.policy.clients)} client(s), {len(config.policy.classes)} class(es), "
+        f"{len(config.policy.roles)} role(s)"
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Start and stop a gateway: keys, store, vault, router and the reverse listener."""
+"""Start and stop a gateway: keys, store, vault, policy, audit, and its listeners."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.api.app import create_api_app
+from gateway.audit.events import AuditSink, FanOutAuditSink
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
+from gateway.metrics import Metrics, MetricsAuditSink
+from gateway.policy.enforcer import ApiOperations, Enforcer
 from gateway.proxy.listener import GatewayServer
 from gateway.proxy.reverse import ReverseProxy
 from gateway.proxy.upstream import UpstreamClient
@@ -25,13 +29,16 @@ logger = logging.getLogger("gateway.server")
 
 @dataclass
 class Gateway:
-    """A running gateway. ``start`` returns once the listener accepts connections."""
+    """A running gateway. ``start`` returns once every listener accepts connections."""
 
     config: Config
     store: TokenStore
+    vault: Vault
     upstream: UpstreamClient
-    runner: web.ServerRunner
-    reverse_address: Address
+    metrics: Metrics
+    runners: list[web.BaseRunner] = field(default_factory=list)
+    reverse_address: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
+    admin_address: Address | None = None
 
     @classmethod
     async def start(cls, config: Config) -> Gateway:
@@ -52,10 +59,66 @@ class Gateway:
             upstream = UpstreamClient(config.limits)
             await upstream.start()
             cleanup.push_async_callback(upstream.close)
-            runner, address = await _start_reverse_listener(config, vault, upstream)
+
+            metrics = Metrics()
+            gateway = cls(config, store, vault, upstream, metrics)
+            enforcer = Enforcer(vault, config.policy, gateway._audit_sink(), config.limits)
+            cleanup.push_async_callback(gateway._stop_listeners)
+            await gateway._start_listeners(enforcer)
             cleanup.pop_all()
 
-        for connection in config.connections:
+        gateway._log_started()
+        return gateway
+
+    def _audit_sink(self) -> AuditSink:
+        # TODO: add the audit trail file and stream sinks here once they exist.
+        return FanOutAuditSink([MetricsAuditSink(self.metrics)])
+
+    async def _start_listeners(self, enforcer: Enforcer) -> None:
+        config = self.config
+        proxy = ReverseProxy(
+            Router(config.connections),
+            enforcer,
+            config.limits,
+            self.upstream,
+            access_log=config.logging.access_log,
+        )
+        # auto_decompress off: the route engine decodes bodies itself, with an output cap, and
+        # an unrouted body must reach the upstream byte for byte with its Content-Encoding.
+        server = GatewayServer(proxy.handle, access_log=None, auto_decompress=False)
+        self.reverse_address = await self._listen(web.ServerRunner(server), config.listen.reverse)
+
+        if config.listen.admin is not None:
+            api = create_api_app(
+                ApiOperations(enforcer),
+                config.policy.clients,
+                self.store,
+                self.metrics,
+                config.limits,
+            )
+            self.admin_address = await self._listen(
+                web.AppRunner(api, access_log=None), config.listen.admin
+            )
+
+    async def _listen(self, runner: web.BaseRunner, address: Address) -> Address:
+        await runner.setup()
+        self.runners.append(runner)
+        site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+        await site.start()
+        host, port = runner.addresses[0][0], runner.addresses[0][1]
+        return Address(str(host), int(port))
+
+    def _log_started(self) -> None:
+        for warning in self.config.warnings:
+            logger.warning("configuration: %s", warning)
+        for client in self.config.policy.clients.values():
+            if any(key.development for key in client.keys):
+                logger.warning(
+                    "client %s uses a development key (it starts with 'dev-'); set a real key "
+                    "before any real traffic",
+                    client.name,
+                )
+        for connection in self.config.connections:
             logger.info(
                 "connection %s: mount %s -> %s (%d routes)",
                 connection.name,
@@ -63,41 +126,21 @@ class Gateway:
                 connection.upstream,
                 len(connection.routes),
             )
-        logger.info("reverse proxy listening on http://%s", address)
-        return cls(config, store, upstream, runner, address)
+        logger.info("reverse proxy listening on http://%s", self.reverse_address)
+        if self.admin_address is not None:
+            logger.info("vault API listening on http://%s", self.admin_address)
+
+    async def _stop_listeners(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
 
     async def stop(self) -> None:
         logger.info("stopping; finishing requests in flight")
-        await self.runner.cleanup()
+        await self._stop_listeners()
         await self.upstream.close()
         await self.store.close()
         logger.info("stopped")
-
-
-async def _start_reverse_listener(
-    config: Config, vault: Vault, upstream: UpstreamClient
-) -> tuple[web.ServerRunner, Address]:
-    proxy = ReverseProxy(
-        Router(config.connections),
-        vault,
-        config.limits,
-        upstream,
-        access_log=config.logging.access_log,
-    )
-    # auto_decompress off: the route engine decodes bodies itself, with an output cap, and an
-    # unrouted body must reach the upstream byte for byte with its Content-Encoding.
-    server = GatewayServer(proxy.handle, access_log=None, auto_decompress=False)
-    runner = web.ServerRunner(server, handle_signals=False)
-    await runner.setup()
-    listen = config.listen.reverse
-    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    host, port = runner.addresses[0][0], runner.addresses[0][1]
-    return runner, Address(str(host), int(port))
 
 
 async def serve(config: Config) -> None:

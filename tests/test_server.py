@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import gateway_url, start_gateway
+from tests.harness import BACKEND_KEY, gateway_url, start_gateway
 from tests.redis_server import RedisServer
 from tests.upstream import RecordingUpstream
 
@@ -20,8 +20,16 @@ routes:
   - name: checkout
     match: {{method: POST, path: /api/checkout}}
     request:
-      - {{json: $.card.number, action: tokenize, format: pan}}
-      - {{json: $.email, action: tokenize, deterministic: true}}
+      - {{json: $.card.number, action: tokenize, class: card.pan}}
+      - {{json: $.email, action: tokenize, class: pii.email}}
+"""
+
+PAY_ROUTE = """\
+connection: pay
+upstream: {upstream}
+mount: /out
+auth: {{header: X-Pay-Key, clients: [backend]}}
+routes:
   - name: pay
     match: {{method: POST, path: /pay}}
     request:
@@ -71,7 +79,10 @@ async def test_checkout_and_payment_through_redis(
     await upstream.start()
     gateway = await start_gateway(
         tmp_path / "gw",
-        {"shop.yaml": ROUTE.format(upstream=upstream.url)},
+        {
+            "shop.yaml": ROUTE.format(upstream=upstream.url),
+            "pay.yaml": PAY_ROUTE.format(upstream=upstream.url),
+        },
         store_url=private_redis_server.url,
     )
     try:
@@ -83,7 +94,10 @@ async def test_checkout_and_payment_through_redis(
             token = json.loads(upstream.last.body)["card"]["number"]
             assert token != "5555555555554444"
 
-            async with client.post(f"{base}/pay", json={"card": {"number": token}}) as response:
+            headers = {"X-Pay-Key": BACKEND_KEY}
+            async with client.post(
+                f"{base}/out/pay", json={"card": {"number": token}}, headers=headers
+            ) as response:
                 assert response.status == 200
             assert json.loads(upstream.last.body) == {"card": {"number": "5555555555554444"}}
     finally:

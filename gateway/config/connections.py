@@ -6,8 +6,6 @@ authentication, and its routes with their field operations. See ``routes/`` for 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,13 +18,13 @@ from gateway.engine.jsonpath import JsonPathSyntaxError, parse_json_path
 from gateway.engine.paths import PathPattern
 from gateway.engine.routing import (
     Action,
-    ApiKey,
     ClientAuth,
     Connection,
     Operation,
     Route,
     RouteMatch,
     UnmatchedPolicy,
+    detokenizes,
     reveals_to_caller,
 )
 from gateway.engine.selectors import (
@@ -70,17 +68,13 @@ def load_connection_file(path: Path, environ: Mapping[str, str] | None = None) -
     problems: list[ConfigProblem] = []
     file = str(path)
     section = Section.of(document, file, problems, "", 1)
-    connection = (
-        _build_connection(section, file, os.environ if environ is None else environ)
-        if section
-        else None
-    )
+    connection = _build_connection(section, file) if section else None
     if problems or connection is None:
         raise ConfigError(problems)
     return connection
 
 
-def _build_connection(section: Section, file: str, environ: Mapping[str, str]) -> Connection | None:
+def _build_connection(section: Section, file: str) -> Connection | None:
     section.check_keys(
         ("connection", "upstream", "mount", "unmatched", "auth", "case_sensitive_paths", "routes")
     )
@@ -102,20 +96,23 @@ def _build_connection(section: Section, file: str, environ: Mapping[str, str]) -
         unmatched = UnmatchedPolicy.RELAY
 
     auth_section = section.section("auth")
-    auth = _client_auth(auth_section, environ) if auth_section else None
+    auth = _client_auth(auth_section) if auth_section else None
     case_sensitive = section.boolean("case_sensitive_paths", False)
     routes_with_lines = _routes(section, case_sensitive)
     routes = [route for route, _ in routes_with_lines]
 
     for route, line in routes_with_lines:
-        if reveals_to_caller(route) and auth is None:
+        if detokenizes(route) and auth is None:
+            # A public connection (a checkout page) may only tokenize: anyone who can reach it
+            # could otherwise have originals revealed, to themselves or to the upstream.
+            target = "the caller" if reveals_to_caller(route) else "the upstream"
             section.problems.append(
                 ConfigProblem(
                     file,
                     line,
-                    f"route {route.name!r} detokenizes its response, which sends plaintext to the "
-                    f"caller, but connection {name!r} has no auth section",
-                    "add auth with API keys, or detokenize only in the request",
+                    f"route {route.name!r} detokenizes, which sends plaintext to {target}, but "
+                    f"connection {name!r} has no auth section, so anyone could call it",
+                    "add auth: {clients: [backend]}, or remove the detokenize operations",
                 )
             )
     return Connection(
@@ -153,61 +150,22 @@ def _mount(section: Section) -> str:
     return mount
 
 
-def _client_auth(section: Section, environ: Mapping[str, str]) -> ClientAuth | None:
-    section.check_keys(("header", "scheme", "keys"))
+def _client_auth(section: Section) -> ClientAuth | None:
+    section.check_keys(("header", "scheme", "clients"))
     header = section.string("header", "Authorization") or "Authorization"
     if not _HEADER_NAME.match(header):
         section.problem("header", f"{header!r} is not a valid header name")
     default_scheme = "Bearer" if header.lower() == "authorization" else None
     scheme = section.string("scheme", default_scheme)
-
-    keys: list[ApiKey] = []
-    raw_keys = section.raw("keys")
-    if not isinstance(raw_keys, YamlList) or not raw_keys:
+    clients = section.string_list("clients", [])
+    if not clients:
         section.problem(
-            "keys",
-            "auth.keys must list at least one key",
-            "- {name: backend, secret: ${BACKEND_KEY}}",
+            "clients",
+            "auth.clients must name at least one client",
+            "clients: [backend], with the client defined under clients in the main configuration",
         )
         return None
-    for index, item in enumerate(raw_keys):
-        key_section = Section.of(
-            item, section.file, section.problems, f"auth.keys[{index}]", raw_keys.line_of(index)
-        )
-        if key_section is None:
-            continue
-        key = _api_key(key_section)
-        if key is not None:
-            keys.append(key)
-    return ClientAuth(header=header, scheme=scheme, keys=tuple(keys))
-
-
-def _api_key(section: Section) -> ApiKey | None:
-    section.check_keys(("name", "secret", "sha256"))
-    name = section.string("name", required=True) or ""
-    has_secret, has_hash = section.has("secret"), section.has("sha256")
-    if has_secret == has_hash:
-        section.problem(
-            None,
-            f"{section.where} needs exactly one of secret or sha256",
-            "secret: ${ENV_VAR} takes the key from the environment; sha256: a hex digest of it",
-        )
-        return None
-    if has_secret:
-        secret = section.string("secret") or ""
-        if len(secret) < 16:
-            section.problem(
-                "secret",
-                f"the key of client {name!r} is shorter than 16 characters",
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-            )
-            return None
-        return ApiKey(name, hashlib.sha256(secret.encode()).digest())
-    digest = (section.string("sha256") or "").strip().lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        section.problem("sha256", f"sha256 of client {name!r} must be 64 hex digits")
-        return None
-    return ApiKey(name, bytes.fromhex(digest))
+    return ClientAuth(header=header, scheme=scheme, clients=tuple(clients))
 
 
 def _routes(section: Section, case_sensitive: bool) -> list[tuple[Route, int]]:
@@ -323,6 +281,7 @@ def _operation(section: Section) -> Operation | None:
         action = None
 
     if action is Action.DETOKENIZE:
+        # The token's record carries its class, so a detokenize needs none of these.
         for key in ("format", "deterministic", "ttl", "class"):
             if section.has(key):
                 section.problem(
@@ -342,6 +301,10 @@ def _operation(section: Section) -> Operation | None:
         "ttl": section.duration("ttl", None),
         "required": section.boolean("required", False),
         "class_name": section.string("class"),
+        "line": section.line(),
+        "explicit": frozenset(
+            key for key in ("format", "deterministic", "ttl") if section.has(key)
+        ),
     }
     if selector is None or action is None:
         return None

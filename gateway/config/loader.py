@@ -23,11 +23,24 @@ from gateway.config.model import (
     LoggingConfig,
     StoreConfig,
 )
+from gateway.config.policy import Places, read_classes, read_clients, read_roles
+from gateway.config.policy_check import PolicySources, check_policy
 from gateway.config.yamlsource import load_yaml_file
 from gateway.engine.routing import Connection
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.policy.model import PolicySet
 
-_SECTIONS = ("listen", "store", "keys", "routes", "limits", "logging")
+_SECTIONS = (
+    "listen",
+    "store",
+    "keys",
+    "routes",
+    "limits",
+    "logging",
+    "clients",
+    "classes",
+    "roles",
+)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -53,6 +66,15 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     route_globs = tuple(root.string_list("routes", ["routes/*.yaml"]))
     connections = _connections(route_globs, path, root, problems, environ)
 
+    places: Places = {}
+    policy = PolicySet(
+        clients=read_clients(root.section("clients"), places),
+        classes=read_classes(root.section("classes"), places),
+        roles=read_roles(root.section("roles"), places),
+    )
+    warnings: list[ConfigProblem] = []
+    connections = check_policy(policy, PolicySources(places), connections, problems, warnings)
+
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -64,6 +86,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         limits=limits,
         logging=logging_config,
         connections=tuple(connections),
+        policy=policy,
+        warnings=tuple(warnings),
     )
 
 
@@ -85,15 +109,26 @@ def parse_address(text: str) -> Address:
 def _listen(section: Section | None) -> ListenConfig:
     if section is None:
         return ListenConfig()
-    section.check_keys(("reverse",))
-    text = section.string("reverse")
+    section.check_keys(("reverse", "admin"))
+    defaults = ListenConfig()
+    return ListenConfig(
+        reverse=_address(section, "reverse", defaults.reverse) or defaults.reverse,
+        admin=_address(section, "admin", defaults.admin),
+    )
+
+
+def _address(section: Section, key: str, default: Address | None) -> Address | None:
+    """Read a ``host:port``; ``off`` turns an optional listener off."""
+    text = section.string(key)
     if text is None:
-        return ListenConfig()
+        return default
+    if key != "reverse" and text.strip().lower() in ("off", "false", "none", ""):
+        return None
     try:
-        return ListenConfig(reverse=parse_address(text))
+        return parse_address(text)
     except ValueError as exc:
-        section.problem("reverse", f"listen.reverse: {exc}", "for example 127.0.0.1:8080")
-        return ListenConfig()
+        section.problem(key, f"listen.{key}: {exc}", "for example 127.0.0.1:8080")
+        return default
 
 
 def _store(section: Section | None, base_dir: Path) -> StoreConfig:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.engine.routing import Connection
+from gateway.errors import ConfigProblem
+from gateway.policy.model import PolicySet
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,8 @@ class Address:
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
     reverse: Address = Address("127.0.0.1", 8080)
+    admin: Address | None = Address("127.0.0.1", 8082)
+    """The vault API; None turns it off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +80,6 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     connections: tuple[Connection, ...] = ()
+    policy: PolicySet = field(default_factory=PolicySet)
+    warnings: tuple[ConfigProblem, ...] = ()
+    """Mistakes that do not stop the gateway, such as a class revealed to no connection."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.engine.paths import (
     PathPattern,
@@ -28,7 +28,11 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One field rule: which field, what to do with it, and for tokenize which token."""
+    """One field rule: which field, what to do with it, and for tokenize which token.
+
+    Once the configuration is loaded, ``class_name`` names the data class of the field, and
+    ``format``, ``deterministic`` and ``ttl`` are that class's.
+    """
 
     selector: FieldSelector
     action: Action
@@ -37,6 +41,10 @@ class Operation:
     ttl: float | None = None
     required: bool = False
     class_name: str | None = None
+    line: int = field(default=0, compare=False)
+    """Line of the operation in its route file, for messages."""
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+    """Which of format, deterministic and ttl the route file set itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +83,16 @@ class UnmatchedPolicy(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class ApiKey:
-    """A client key, kept as a secret from the environment or as a SHA-256 hex digest."""
-
-    name: str
-    sha256: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class ClientAuth:
-    """Client authentication of a connection: an API key in a request header.
+    """Client authentication of a connection: the clients that may call it, by API key.
 
-    With ``scheme`` set (such as ``Bearer``) the header value is ``<scheme> <key>``. The header
-    is removed before the request is relayed.
+    The key travels in ``header``; with ``scheme`` set (such as ``Bearer``) the header value is
+    ``<scheme> <key>``. The header is removed before the request is relayed.
     """
 
     header: str
     scheme: str | None
-    keys: tuple[ApiKey, ...]
+    clients: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +157,11 @@ class Router:
         return None
 
 
+def detokenizes(route: Route) -> bool:
+    """Tell whether a route detokenizes in either phase."""
+    return any(op.action is Action.DETOKENIZE for op in (*route.request, *route.response))
+
+
 def reveals_to_caller(route: Route) -> bool:
     """Tell whether a route sends plaintext back to its caller (detokenize in the response)."""
     return any(operation.action is Action.DETOKENIZE for operation in route.response)
@@ -164,7 +169,6 @@ def reveals_to_caller(route: Route) -> bool:
 
 __all__ = [
     "Action",
-    "ApiKey",
     "ClientAuth",
     "Connection",
     "MountMatch",
@@ -173,5 +177,6 @@ __all__ = [
     "RouteMatch",
     "Router",
     "UnmatchedPolicy",
+    "detokenizes",
     "reveals_to_caller",
 ]

@@ -26,7 +26,9 @@ from gateway.engine.headers import client_response_headers, upstream_request_hea
 from gateway.engine.rewrite import MessageParts, RewriteCounts
 from gateway.engine.routing import Connection, Route, Router, UnmatchedPolicy
 from gateway.errors import (
+    AuthenticationError,
     BodyTooLargeError,
+    ForbiddenError,
     InvalidBodyError,
     InvalidTokenError,
     InvalidValueError,
@@ -38,10 +40,9 @@ from gateway.errors import (
     UnsupportedMediaError,
     UpstreamResponseError,
 )
+from gateway.policy.enforcer import Caller, Enforcer, Phase
 from gateway.proxy.errors import error_response
-from gateway.proxy.rewriting import rewrite_message
 from gateway.proxy.upstream import UpstreamClient, read_limited
-from gateway.tokens.vault import Vault
 
 logger = logging.getLogger("gateway.proxy")
 access_logger = logging.getLogger("gateway.access")
@@ -79,14 +80,14 @@ class ReverseProxy:
     def __init__(
         self,
         router: Router,
-        vault: Vault,
+        enforcer: Enforcer,
         limits: Limits,
         upstream: UpstreamClient,
         *,
         access_log: bool = True,
     ) -> None:
         self._router = router
-        self._vault = vault
+        self._enforcer = enforcer
         self._limits = limits
         self._upstream = upstream
         self._access_log = access_log
@@ -139,19 +140,17 @@ class ReverseProxy:
         connection = mount.connection
         exchange.connection = connection.name
 
-        if connection.auth is not None:
-            authenticate(connection.auth, request.headers)
-
         media_type = parse_media_type(request.headers.get(hdrs.CONTENT_TYPE))
         route = connection.find_route(
             request.method, mount.path, media_type.type if media_type else None
         )
+        if route is not None:
+            exchange.route = route.name
+        caller = await self._authenticate(connection, route, request)
         if route is None and connection.unmatched is UnmatchedPolicy.REJECT:
             raise RouteNotMatchedError(
                 f"connection {connection.name!r} accepts only requests that match one of its routes"
             )
-        if route is not None:
-            exchange.route = route.name
 
         url = connection.upstream + mount.path + (f"?{query}" if query else "")
         auth_header = connection.auth.header if connection.auth else None
@@ -159,9 +158,31 @@ class ReverseProxy:
 
         if route is None or not (route.request or route.response):
             return await self._stream_through(request, url, headers, exchange)
-        return await self._rewrite_through(
-            request, connection, route, url, query, headers, exchange
-        )
+        return await self._rewrite_through(request, caller, route, url, query, headers, exchange)
+
+    async def _authenticate(
+        self, connection: Connection, route: Route | None, request: web.BaseRequest
+    ) -> Caller:
+        """Return the caller of a request; a refused one is audited and raised (401 or 403)."""
+        operation = route.name if route else "unmatched"
+        auth = connection.auth
+        if auth is None:
+            return Caller(None, connection.name, operation)
+        try:
+            client = authenticate(
+                connection.name,
+                auth.clients,
+                auth.header,
+                auth.scheme,
+                request.headers,
+                self._enforcer.policy.clients,
+            )
+        except (AuthenticationError, ForbiddenError) as error:
+            await self._enforcer.record_denial(
+                Caller(None, connection.name, operation), error.message
+            )
+            raise
+        return Caller(client, connection.name, operation)
 
     async def _stream_through(
         self, request: web.BaseRequest, url: str, headers: CIMultiDict[str], exchange: Exchange
@@ -181,7 +202,7 @@ class ReverseProxy:
     async def _rewrite_through(
         self,
         request: web.BaseRequest,
-        connection: Connection,
+        caller: Caller,
         route: Route,
         url: str,
         query: str,
@@ -190,7 +211,7 @@ class ReverseProxy:
     ) -> web.StreamResponse:
         body = await self._read_request_body(request)
         parts = MessageParts(headers, body, query)
-        parts, counts = await rewrite_message(route.request, parts, self._vault, self._limits)
+        parts, counts = await self._enforcer.rewrite(route.request, parts, caller, Phase.REQUEST)
         exchange.counts = counts
         if parts.query != query:
             url = url.partition("?")[0] + (f"?{parts.query}" if parts.query else "")
@@ -200,7 +221,7 @@ class ReverseProxy:
         try:
             if not route.response:
                 return await _stream_response(request, upstream)
-            return await self._rewrite_response(request, route, upstream, exchange)
+            return await self._rewrite_response(request, caller, route, upstream, exchange)
         finally:
             upstream.release()
 
@@ -230,7 +251,12 @@ class ReverseProxy:
         return b"".join(chunks)
 
     async def _rewrite_response(
-        self, request: web.BaseRequest, route: Route, upstream: ClientResponse, exchange: Exchange
+        self,
+        request: web.BaseRequest,
+        caller: Caller,
+        route: Route,
+        upstream: ClientResponse,
+        exchange: Exchange,
     ) -> web.StreamResponse:
         limits = self._limits
         body = await read_limited(upstream, limits.max_body_bytes, limits.upstream_timeout)
@@ -240,7 +266,9 @@ class ReverseProxy:
             )
         parts = MessageParts(client_response_headers(upstream.headers), body)
         try:
-            parts, counts = await rewrite_message(route.response, parts, self._vault, limits)
+            parts, counts = await self._enforcer.rewrite(
+                route.response, parts, caller, Phase.RESPONSE
+            )
         except _RESPONSE_FAULTS as error:
             raise UpstreamResponseError(
                 f"upstream response cannot be processed: {error.message}"

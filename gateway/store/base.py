@@ -85,6 +85,13 @@ class TokenStore(ABC):
         """Delete the records and their index entries; return how many records existed."""
 
     @abstractmethod
+    async def erase_many(self, index_keys: Sequence[bytes]) -> int:
+        """Delete the index entries and the records they lead to; return how many records went.
+
+        This is erasure by value: the caller computes the blind index of a deterministic value.
+        """
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the backend responds."""
 

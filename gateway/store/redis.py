@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 
 from gateway.errors import StoreError, StoreUnavailableError
 from gateway.store.base import PutRequest, PutResult, PutStatus, StoredRecord, TokenStore
-from gateway.store.redis_scripts import DELETE_SCRIPT, PUT_SCRIPT
+from gateway.store.redis_scripts import DELETE_SCRIPT, ERASE_SCRIPT, PUT_SCRIPT
 
 logger = logging.getLogger("gateway.store")
 
@@ -88,6 +88,7 @@ class RedisStore(TokenStore):
         )
         self._put_script = self._client.register_script(PUT_SCRIPT)
         self._delete_script = self._client.register_script(DELETE_SCRIPT)
+        self._erase_script = self._client.register_script(ERASE_SCRIPT)
 
     def record_key(self, lookup_key: bytes) -> bytes:
         return f"{self._prefix}:r:{lookup_key.hex()}".encode()
@@ -146,6 +147,14 @@ class RedisStore(TokenStore):
         async with self._mapped_errors("delete_many"):
             deleted = await self._delete_script(keys=keys)
         return int(deleted)
+
+    async def erase_many(self, index_keys: Sequence[bytes]) -> int:
+        if not index_keys:
+            return 0
+        keys = [self.index_entry_key(key) for key in dict.fromkeys(index_keys)]
+        async with self._mapped_errors("erase_many"):
+            erased = await self._erase_script(keys=keys)
+        return int(erased)
 
     async def ping(self) -> None:
         async with self._mapped_errors("ping"):

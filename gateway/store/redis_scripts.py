@@ -49,6 +49,21 @@ end
 return replies
 """
 
+ERASE_SCRIPT: Final = """
+-- KEYS are index entry keys. Deletes each entry and the record it leads to, and returns how
+-- many records existed.
+local erased = 0
+for i = 1, #KEYS do
+  local entry = redis.call('GET', KEYS[i])
+  if entry then
+    local target = string.sub(entry, 2, 1 + string.byte(entry, 1))
+    erased = erased + redis.call('DEL', target)
+    redis.call('DEL', KEYS[i])
+  end
+end
+return erased
+"""
+
 DELETE_SCRIPT: Final = """
 -- KEYS are record keys. Deletes each record and the index entry that points at it, and
 -- returns how many records existed.

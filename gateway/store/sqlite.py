@@ -145,6 +145,13 @@ class SqliteStore(TokenStore):
         deleted: int = await self._write(lambda connection, now: _delete(connection, now, keys))
         return deleted
 
+    async def erase_many(self, index_keys: Sequence[bytes]) -> int:
+        keys = list(dict.fromkeys(index_keys))
+        if not keys:
+            return 0
+        erased: int = await self._write(lambda connection, now: _erase(connection, now, keys))
+        return erased
+
     async def purge_expired(self) -> int:
         """Delete the expired records and index entries now, and return how many rows went."""
         purged: int = await self._write(purge_expired_rows)
@@ -375,6 +382,16 @@ def _delete(connection: sqlite3.Connection, now: float, lookup_keys: list[bytes]
         connection.execute(f"DELETE FROM index_entries WHERE lookup_key IN ({keys})", chunk)  # noqa: S608 - as above
         connection.execute(f"DELETE FROM records WHERE lookup_key IN ({keys})", chunk)  # noqa: S608 - as above
     return int(live)
+
+
+def _erase(connection: sqlite3.Connection, now: float, index_keys: list[bytes]) -> int:
+    targets: list[bytes] = []
+    for chunk in _chunks(index_keys):
+        keys = _placeholders(chunk)
+        select = f"SELECT lookup_key FROM index_entries WHERE index_key IN ({keys})"  # noqa: S608 - only "?" placeholders are formatted into the SQL
+        targets += [row[0] for row in connection.execute(select, chunk)]
+        connection.execute(f"DELETE FROM index_entries WHERE index_key IN ({keys})", chunk)  # noqa: S608 - as above
+    return _delete(connection, now, targets) if targets else 0
 
 
 def _select_records(

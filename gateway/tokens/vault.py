@@ -314,6 +314,27 @@ class Vault:
             class_name=opened.metadata.class_name,
         )
 
+    def fingerprint(self, token: str) -> str:
+        """Return the keyed fingerprint that names a token in logs and audit records."""
+        return fingerprint(self._cipher.lookup_key(token))
+
+    async def delete_tokens(self, tokens: Sequence[str]) -> int:
+        """Delete the records of the tokens (and their index entries); return how many existed."""
+        return await self._store.delete_many([self._cipher.lookup_key(token) for token in tokens])
+
+    async def erase_values(self, values: Sequence[tuple[str, str, str]]) -> int:
+        """Erase deterministic tokens by value, given (class, format, value) triples.
+
+        Returns how many records were deleted. Only a deterministic token can be found from its
+        value; tokens that were made non-deterministically stay until they expire or are
+        deleted by token.
+        """
+        index_keys = [
+            self._cipher.blind_index(class_name, token_format, value)
+            for class_name, token_format, value in values
+        ]
+        return await self._store.erase_many(index_keys)
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 

@@ -46,6 +46,8 @@ def test_relative_paths_follow_config_file(tmp_path: Path) -> None:
     shutil.copy(ROOT / "routes/stripe.yaml", tmp_path / "routes/stripe.yaml")
     (tmp_path / "gw.yaml").write_text(
         "store: {url: 'sqlite:///data/t.db'}\nkeys: {file: k.yaml}\nroutes: [routes/*.yaml]\n"
+        "clients: {backend: {keys: [{secret: backend-key-0123456789}], roles: [pay]}}\n"
+        "roles: {pay: {grants: [{actions: [detokenize], classes: ['*']}]}}\n"
     )
     config = load_config(tmp_path / "gw.yaml", environ={})
     assert config.store.url == "sqlite:///" + str(tmp_path / "data/t.db")

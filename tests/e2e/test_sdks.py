@@ -39,6 +39,8 @@ def load_test_cards() -> list[Card]:
 
 
 CARDS = load_test_cards()
+BACKEND_KEY = "dev-backend-key"
+"""The development default key of the client backend in config.example.yaml."""
 
 
 async def stripe_payment_method(request: web.Request, received: ReceivedRequest) -> web.Response:
@@ -129,6 +131,7 @@ def stripe_create_payment_method(base: str, number_token: str, cvc_token: str) -
     return stripe.PaymentMethod.create(
         type="card",
         card={"number": number_token, "exp_month": 12, "exp_year": 2030, "cvc": cvc_token},
+        headers={"X-Vaultgate-Key": BACKEND_KEY},
     )
 
 
@@ -138,6 +141,7 @@ def adyen_make_payment(base: str, number_token: str, cvc_token: str) -> Any:
     adyen.client.platform = "test"
     adyen.checkout.payments_api.baseUrl = f"{base}/adyen/v72"
     return adyen.checkout.payments_api.payments(
+        header_parameters={"Authorization": f"Bearer {BACKEND_KEY}"},
         request={
             "amount": {"currency": "EUR", "value": 1999},
             "reference": "order-1",
@@ -150,7 +154,7 @@ def adyen_make_payment(base: str, number_token: str, cvc_token: str) -> Any:
                 "expiryYear": "2030",
                 "holderName": "Jo Doe",
             },
-        }
+        },
     )
 
 
@@ -184,6 +188,7 @@ async def test_checkout_then_stripe_and_adyen(deployment: Deployment, card: Card
     assert f"card[number]={card.pan}" in stripe_form.replace("%5B", "[").replace("%5D", "]")
     assert f"card[cvc]={cvc}" in stripe_form.replace("%5B", "[").replace("%5D", "]")
     assert deployment.stripe.last.headers["Authorization"] == "Bearer sk_test_standin"
+    assert "X-Vaultgate-Key" not in deployment.stripe.last.headers
     assert deployment.stripe.last.path_qs == "/v1/payment_methods"
 
     result = await asyncio.to_thread(adyen_make_payment, deployment.base, number_token, cvc_token)
@@ -194,6 +199,7 @@ async def test_checkout_then_stripe_and_adyen(deployment: Deployment, card: Card
     assert adyen_body["paymentMethod"]["holderName"] == "Jo Doe"
     assert deployment.adyen.last.path_qs == "/v72/payments"
     assert deployment.adyen.last.headers["X-API-Key"] == "standin-api-key"
+    assert "Authorization" not in deployment.adyen.last.headers
 
 
 async def test_adyen_encrypted_fields_pass_untouched(deployment: Deployment) -> None:
@@ -212,7 +218,11 @@ async def test_adyen_encrypted_fields_pass_untouched(deployment: Deployment) -> 
             "encryptedSecurityCode": encrypted,
         },
     }
-    await asyncio.to_thread(adyen.checkout.payments_api.payments, request=request)
+    await asyncio.to_thread(
+        adyen.checkout.payments_api.payments,
+        request=request,
+        header_parameters={"Authorization": f"Bearer {BACKEND_KEY}"},
+    )
     body = json.loads(deployment.adyen.last.body)
     assert body["paymentMethod"]["encryptedCardNumber"] == encrypted
     assert deployment.adyen.last.path_qs == "/v71/payments"

@@ -6,6 +6,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.harness import BACKEND_KEY
 from tests.upstream import RecordingUpstream
 
 
@@ -20,7 +21,11 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
 @pytest.fixture
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     # auto_decompress off: tests look at the exact bytes the gateway sent.
-    async with aiohttp.ClientSession(auto_decompress=False, trust_env=False) as session:
+    # X-Pay-Key authenticates the test client on the "pay" connections of these tests.
+    headers = {"X-Pay-Key": BACKEND_KEY}
+    async with aiohttp.ClientSession(
+        auto_decompress=False, trust_env=False, headers=headers
+    ) as session:
         yield session
 
 

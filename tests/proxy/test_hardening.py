@@ -43,14 +43,9 @@ routes:
   - name: checkout
     match: {{method: POST, path: /api/checkout}}
     request:
-      - {{json: $.card.number, action: tokenize, format: pan, required: true}}
-      - {{json: $.card.cvc, action: tokenize, ttl: 15m}}
-      - {{json: $.email, action: tokenize, deterministic: true}}
-  - name: pay
-    match: {{method: POST, path: /pay}}
-    request:
-      - {{json: $.card.number, action: detokenize}}
-      - {{json: $.email, action: detokenize}}
+      - {{json: $.card.number, action: tokenize, class: card.pan, required: true}}
+      - {{json: $.card.cvc, action: tokenize, class: card.cvc}}
+      - {{json: $.email, action: tokenize, class: pii.email}}
   - name: lookup
     match: {{method: GET, path: /lookup}}
     request:
@@ -63,18 +58,33 @@ routes:
     match: {{method: POST, path: /card-header}}
     request:
       - {{header: X-Card-Number, action: tokenize}}
+  - name: card-echo
+    match: {{path: /card-echo}}
+    response:
+      - {{json: $.card.number, action: tokenize, class: card.pan}}
+  - name: card-echo-required
+    match: {{path: /card-echo-required}}
+    response:
+      - {{json: $.card.number, action: tokenize, class: card.pan, required: true}}
+"""
+
+PAY_ROUTES = """\
+connection: pay
+upstream: {upstream}
+mount: /out
+auth:
+  header: X-Pay-Key
+  clients: [backend]
+routes:
+  - name: pay
+    match: {{method: POST, path: /pay}}
+    request:
+      - {{json: $.card.number, action: detokenize}}
+      - {{json: $.email, action: detokenize}}
   - name: secret-header
     match: {{method: POST, path: /secret-header}}
     request:
       - {{header: X-Secret, action: detokenize}}
-  - name: card-echo
-    match: {{path: /card-echo}}
-    response:
-      - {{json: $.card.number, action: tokenize, format: pan}}
-  - name: card-echo-required
-    match: {{path: /card-echo-required}}
-    response:
-      - {{json: $.card.number, action: tokenize, format: pan, required: true}}
 """
 
 REVEAL_ROUTES = """\
@@ -84,8 +94,7 @@ mount: /reveal
 unmatched: reject
 auth:
   header: X-Api-Key
-  keys:
-    - {{name: backend, secret: backend-key-0123456789}}
+  clients: [backend]
 routes:
   - name: show-card
     match: {{method: GET, path: "/cards/{{id}}"}}
@@ -105,6 +114,7 @@ async def gateway(gateway_dir: Path, upstream: RecordingUpstream) -> AsyncIterat
         {
             "shop.yaml": SHOP_ROUTES.format(upstream=upstream.url),
             "reveal.yaml": REVEAL_ROUTES.format(upstream=upstream.url),
+            "pay.yaml": PAY_ROUTES.format(upstream=upstream.url),
         },
         limits=LIMITS,
     )
@@ -877,7 +887,7 @@ async def test_detokenized_header_cannot_inject(
         assert response.status == 200
     token = json.loads(upstream.last.body)["email"]
 
-    async with client.post(f"{base}/secret-header", headers={"X-Secret": token}) as response:
+    async with client.post(f"{base}/out/secret-header", headers={"X-Secret": token}) as response:
         assert response.status == 400
         raw = await response.read()
     assert json.loads(raw)["error"]["type"] == "invalid_value"
@@ -1126,9 +1136,9 @@ async def test_rejections_echo_no_value(
 ) -> None:
     unknown_token = "tok_" + "a1" * 16
     attempts = [
-        ("/pay", b'{"card": {"number": "%s"}}' % unknown_token.encode(), 422),
+        ("/out/pay", b'{"card": {"number": "%s"}}' % unknown_token.encode(), 422),
         (
-            "/pay",
+            "/out/pay",
             b'{"card": {"number": "%s"}, "email": "%s"}' % (PAN.encode(), EMAIL.encode()),
             422,
         ),
@@ -1206,5 +1216,5 @@ async def test_concurrent_distinct_values_keep_their_tokens(
     assert all(len(tokens) == 1 for tokens in email_tokens.values())
     assert len({next(iter(tokens)) for tokens in email_tokens.values()}) == 10
 
-    revealed = await asyncio.gather(*(post("/pay", body) for body in tokenized))
+    revealed = await asyncio.gather(*(post("/out/pay", body) for body in tokenized))
     assert revealed == originals

@@ -27,9 +27,27 @@ routes:
   - name: checkout
     match: {{method: POST, path: /api/checkout}}
     request:
-      - {{json: $.card.number, action: tokenize, format: pan, required: true}}
-      - {{json: $.card.cvc, action: tokenize, ttl: 15m}}
-      - {{json: $.email, action: tokenize, deterministic: true}}
+      - {{json: $.card.number, action: tokenize, class: card.pan, required: true}}
+      - {{json: $.card.cvc, action: tokenize, class: card.cvc}}
+      - {{json: $.email, action: tokenize, class: pii.email}}
+  - name: lookup
+    match: {{method: GET, path: /lookup}}
+    request:
+      - {{query: card, action: tokenize}}
+  - name: card-echo
+    match: {{method: POST, path: /card-echo}}
+    response:
+      - {{json: $.card.number, action: tokenize, class: card.pan}}
+"""
+
+PAY_ROUTES = """\
+connection: pay
+upstream: {upstream}
+mount: /out
+auth:
+  header: X-Pay-Key
+  clients: [backend]
+routes:
   - name: pay
     match: {{method: POST, path: /pay}}
     request:
@@ -39,14 +57,6 @@ routes:
     match: {{method: POST, path: /pay-form}}
     request:
       - {{form: "card[number]", action: detokenize}}
-  - name: lookup
-    match: {{method: GET, path: /lookup}}
-    request:
-      - {{query: card, action: tokenize}}
-  - name: card-echo
-    match: {{method: POST, path: /card-echo}}
-    response:
-      - {{json: $.card.number, action: tokenize, format: pan}}
 """
 
 REVEAL_ROUTES = """\
@@ -56,8 +66,7 @@ mount: /reveal
 unmatched: reject
 auth:
   header: X-Api-Key
-  keys:
-    - {{name: backend, secret: backend-key-0123456789}}
+  clients: [backend]
 routes:
   - name: show-card
     match: {{method: GET, path: "/cards/{{id}}"}}
@@ -73,6 +82,7 @@ async def gateway(gateway_dir: Path, upstream: RecordingUpstream) -> AsyncIterat
         {
             "shop.yaml": SHOP_ROUTES.format(upstream=upstream.url),
             "reveal.yaml": REVEAL_ROUTES.format(upstream=upstream.url),
+            "pay.yaml": PAY_ROUTES.format(upstream=upstream.url),
         },
         limits="max_body_bytes: 64KiB\nupstream_timeout: 1s\nmax_json_depth: 20\n",
     )
@@ -128,14 +138,14 @@ async def test_tokens_detokenize_on_the_way_out(
     await checkout(client, base)
     tokens = json.loads(upstream.last.body)["card"]
 
-    async with client.post(f"{base}/pay", json={"card": tokens, "amount": 1000}) as response:
+    async with client.post(f"{base}/out/pay", json={"card": tokens, "amount": 1000}) as response:
         assert response.status == 200
     expected_card = {"number": PAN, "cvc": CVC, "exp_month": 12}
     assert json.loads(upstream.last.body) == {"card": expected_card, "amount": 1000}
 
     form = f"card%5Bnumber%5D={tokens['number']}&type=card"
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    async with client.post(f"{base}/pay-form", data=form, headers=headers) as response:
+    async with client.post(f"{base}/out/pay-form", data=form, headers=headers) as response:
         assert response.status == 200
     assert upstream.last.body == f"card%5Bnumber%5D={PAN}&type=card".encode()
     assert upstream.last.headers["Content-Length"] == str(len(upstream.last.body))
@@ -335,7 +345,7 @@ async def test_unknown_token_is_422_and_not_relayed(
     client: aiohttp.ClientSession, base: str, upstream: RecordingUpstream
 ) -> None:
     body = {"card": {"number": "4242420000004242"}}
-    async with client.post(f"{base}/pay", json=body) as response:
+    async with client.post(f"{base}/out/pay", json=body) as response:
         assert response.status == 422
         error = (await response.json())["error"]
     assert error["type"] == "invalid_token"

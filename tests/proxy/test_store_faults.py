@@ -35,12 +35,22 @@ routes:
   - name: checkout
     match: {{method: POST, path: /api/checkout}}
     request:
-      - {{json: $.card.number, action: tokenize, format: pan, required: true}}
-      - {{json: $.email, action: tokenize, deterministic: true}}
+      - {{json: $.card.number, action: tokenize, class: card.pan, required: true}}
+      - {{json: $.email, action: tokenize, class: pii.email}}
   - name: signup
     match: {{method: POST, path: /signup}}
     request:
       - {{json: $.email, action: tokenize, required: true}}
+"""
+
+PAY_ROUTES = """\
+connection: pay
+upstream: {upstream}
+mount: /out
+auth:
+  header: X-Pay-Key
+  clients: [backend]
+routes:
   - name: pay
     match: {{method: POST, path: /pay}}
     request:
@@ -66,7 +76,7 @@ async def checkout(
 async def pay(
     client: aiohttp.ClientSession, base: str, token: str
 ) -> tuple[int, dict[str, object]]:
-    async with client.post(f"{base}/pay", json={"card": {"number": token}}) as response:
+    async with client.post(f"{base}/out/pay", json={"card": {"number": token}}) as response:
         return response.status, await response.json()
 
 
@@ -84,7 +94,10 @@ async def redis_gateway(
 ) -> AsyncIterator[Gateway]:
     started = await start_gateway(
         gateway_dir,
-        {"shop.yaml": ROUTES.format(upstream=upstream.url)},
+        {
+            "shop.yaml": ROUTES.format(upstream=upstream.url),
+            "pay.yaml": PAY_ROUTES.format(upstream=upstream.url),
+        },
         store_url=private_redis_server.url,
         limits=LIMITS,
     )
@@ -231,7 +244,12 @@ async def test_redis_error_hides_store_address(
 @pytest.fixture
 async def sqlite_gateway(gateway_dir: Path, upstream: RecordingUpstream) -> AsyncIterator[Gateway]:
     started = await start_gateway(
-        gateway_dir, {"shop.yaml": ROUTES.format(upstream=upstream.url)}, limits=LIMITS
+        gateway_dir,
+        {
+            "shop.yaml": ROUTES.format(upstream=upstream.url),
+            "pay.yaml": PAY_ROUTES.format(upstream=upstream.url),
+        },
+        limits=LIMITS,
     )
     yield started
     await started.stop()

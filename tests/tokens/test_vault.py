@@ -44,6 +44,9 @@ class CountingStore(TokenStore):
     async def delete_many(self, lookup_keys: Sequence[bytes]) -> int:
         return await self.store.delete_many(lookup_keys)
 
+    async def erase_many(self, index_keys: Sequence[bytes]) -> int:
+        return await self.store.erase_many(index_keys)
+
     async def ping(self) -> None:
         await self.store.ping()
 
