@@ -32,15 +32,17 @@ from gateway.engine.selectors import (
     FormSelector,
     HeaderSelector,
     JsonSelector,
+    MultipartSelector,
     QuerySelector,
 )
+from gateway.engine.steps import FunctionStep
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.tokens.formats import format_names
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Z]+$")
-_SELECTOR_KEYS = ("json", "form", "header", "query")
+_SELECTOR_KEYS = ("json", "form", "multipart", "header", "query")
 _OPERATION_KEYS = (*_SELECTOR_KEYS, "action", "format", "deterministic", "ttl", "required", "class")
 # Headers that the relay itself sets or removes; a field rule on them would be overwritten.
 _RESERVED_HEADERS = frozenset(
@@ -211,11 +213,18 @@ def _route(section: Section, case_sensitive: bool) -> Route | None:
         )
         return None
     match = _route_match(match_section, case_sensitive)
-    request = _operations(section, "request")
-    response = _operations(section, "response")
+    request, request_functions = _operations(section, "request")
+    response, response_functions = _operations(section, "response")
     if match is None:
         return None
-    return Route(name=name, match=match, request=tuple(request), response=tuple(response))
+    return Route(
+        name=name,
+        match=match,
+        request=tuple(request),
+        response=tuple(response),
+        request_functions=tuple(request_functions),
+        response_functions=tuple(response_functions),
+    )
 
 
 def _route_match(section: Section, case_sensitive: bool) -> RouteMatch | None:
@@ -240,33 +249,86 @@ def _route_match(section: Section, case_sensitive: bool) -> RouteMatch | None:
     )
 
 
-def _operations(section: Section, phase: str) -> list[Operation]:
+def _operations(section: Section, phase: str) -> tuple[list[Operation], list[FunctionStep]]:
+    """Read a phase: field operations and ``function:`` steps, in the order they run."""
     raw = section.raw(phase)
     if raw is None:
-        return []
+        return [], []
     if not isinstance(raw, YamlList):
-        section.problem(phase, f"{section.name_of(phase)} must be a list of field operations")
-        return []
+        section.problem(phase, f"{section.name_of(phase)} must be a list of steps")
+        return [], []
     operations: list[Operation] = []
+    functions: list[FunctionStep] = []
+    run_start = 0
     for index, item in enumerate(raw):
         where = f"{section.where} {phase}[{index}]"
-        operation_section = Section.of(
-            item, section.file, section.problems, where, raw.line_of(index)
-        )
-        if operation_section is None:
+        step_section = Section.of(item, section.file, section.problems, where, raw.line_of(index))
+        if step_section is None:
             continue
-        operation = _operation(operation_section)
+        if "function" in step_section.mapping:
+            _check_body_kinds(section, phase, operations[run_start:])
+            run_start = len(operations)
+            function = _function_step(step_section, len(operations))
+            if function is not None:
+                functions.append(function)
+            continue
+        operation = _operation(step_section)
         if operation is not None:
             operations.append(operation)
+    _check_body_kinds(section, phase, operations[run_start:])
+    return operations, functions
 
-    body_kinds = {type(op.selector) for op in operations} & {JsonSelector, FormSelector}
-    if len(body_kinds) > 1:
+
+def _check_body_kinds(section: Section, phase: str, operations: list[Operation]) -> None:
+    """Report a run of field operations that reads one body as two types (JSON and form)."""
+    kinds = {"json": JsonSelector, "form": FormSelector, "multipart": MultipartSelector}
+    found = [
+        name
+        for name, kind in kinds.items()
+        if any(isinstance(op.selector, kind) for op in operations)
+    ]
+    if len(found) > 1:
         section.problem(
             phase,
-            f"{section.name_of(phase)} mixes json and form fields",
-            "a body is either JSON or a form; split them into two routes",
+            f"{section.name_of(phase)} mixes {' and '.join(found)} fields in one run",
+            "a body has one type; split them into two routes, or put a function between them "
+            "that changes the body type",
         )
-    return operations
+
+
+def _function_step(section: Section, position: int) -> FunctionStep | None:
+    section.check_keys(("function", "args", "role", "client"))
+    name = section.string("function", required=True)
+    role = section.string("role")
+    client = section.string("client")
+    if role is not None and client is not None:
+        section.problem("client", "a function step takes role or client, not both")
+    args_section = section.section("args")
+    args: dict[str, Any] = {}
+    arg_lines: dict[str, int] = {}
+    if args_section is not None:
+        args = {key: _plain(value) for key, value in args_section.mapping.items()}
+        arg_lines = {key: args_section.line(key) for key in args_section.mapping}
+    if not name:
+        return None
+    return FunctionStep(
+        name=name,
+        args=args,
+        position=position,
+        line=section.line(),
+        arg_lines=arg_lines,
+        role=role,
+        client=client,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Return a YAML value as plain dictionaries and lists, for steps and function workers."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _operation(section: Section) -> Operation | None:
@@ -280,6 +342,12 @@ def _operation(section: Section) -> Operation | None:
         section.problem("action", f"action must be tokenize or detokenize, not {action_text!r}")
         action = None
 
+    if action is Action.DETOKENIZE and isinstance(selector, MultipartSelector):
+        section.problem(
+            "action",
+            "a multipart field can only be tokenized",
+            "put a file back into an outbound request with a function step",
+        )
     if action is Action.DETOKENIZE:
         # The token's record carries its class, so a detokenize needs none of these.
         for key in ("format", "deterministic", "ttl", "class"):
@@ -317,7 +385,8 @@ def _selector(section: Section) -> FieldSelector | None:
         found = ", ".join(present) if present else "none"
         section.problem(
             None,
-            f"{section.where} needs exactly one selector (json, form, header or query); "
+            f"{section.where} needs exactly one selector (json, form, multipart, header or "
+            f"query), or a function; "
             f"found {found}",
         )
         return None
@@ -333,6 +402,8 @@ def _selector(section: Section) -> FieldSelector | None:
             return None
     if kind == "form":
         return FormSelector(text)
+    if kind == "multipart":
+        return MultipartSelector(text)
     if kind == "query":
         return QuerySelector(text)
     if not _HEADER_NAME.match(text):

@@ -28,8 +28,21 @@ from gateway.engine.bodies import (
     parse_media_type,
 )
 from gateway.engine.encoding import decode_body, encode_body, parse_codings
+from gateway.engine.multipart import (
+    MULTIPART_MEDIA_TYPE,
+    FileValue,
+    boundary_of,
+    file_envelope,
+    parse_multipart,
+)
 from gateway.engine.routing import Action, Operation
-from gateway.engine.selectors import FormSelector, HeaderSelector, JsonSelector, QuerySelector
+from gateway.engine.selectors import (
+    FormSelector,
+    HeaderSelector,
+    JsonSelector,
+    MultipartSelector,
+    QuerySelector,
+)
 from gateway.errors import (
     BodyTooLargeError,
     InvalidBodyError,
@@ -124,7 +137,9 @@ def prepare_rewrite(
     pending = PendingRewrite(parts)
 
     body_operations = [
-        op for op in operations if isinstance(op.selector, JsonSelector | FormSelector)
+        op
+        for op in operations
+        if isinstance(op.selector, JsonSelector | FormSelector | MultipartSelector)
     ]
     if body_operations:
         _collect_body_fields(body_operations, pending, limits)
@@ -183,12 +198,23 @@ def _decoded_body(parts: MessageParts, limits: Limits) -> tuple[bytes, list[str]
     return decode_body(parts.body, codings, max_bytes=limits.max_body_bytes), codings
 
 
+_EXPECTED_MEDIA = {
+    "json": "application/json",
+    "form": "application/x-www-form-urlencoded",
+    "multipart": MULTIPART_MEDIA_TYPE,
+}
+
+
 def _require_media(media_type: MediaType | None, wanted: str) -> MediaType:
     accepted = media_type is not None and (
-        media_type.is_json if wanted == "json" else media_type.is_form
+        media_type.is_json
+        if wanted == "json"
+        else media_type.is_form
+        if wanted == "form"
+        else media_type.type == MULTIPART_MEDIA_TYPE
     )
     if media_type is None or not accepted:
-        expected = "application/json" if wanted == "json" else "application/x-www-form-urlencoded"
+        expected = _EXPECTED_MEDIA[wanted]
         if media_type is None:
             raise UnsupportedMediaError(
                 f"Content-Type header is missing; send Content-Type: {expected}"
@@ -214,6 +240,10 @@ def _collect_body_fields(
     if isinstance(operations[0].selector, JsonSelector):
         _require_media(media_type, "json")
         encode = _collect_json_body(operations, body, pending, limits)
+    elif isinstance(operations[0].selector, MultipartSelector):
+        _require_media(media_type, "multipart")
+        boundary = boundary_of(parts.headers.get("Content-Type"))
+        encode = _collect_multipart_body(operations, body, boundary, pending)
     else:
         _require_media(media_type, "form")
         encode = _collect_form_body(operations, body, pending)
@@ -242,6 +272,28 @@ def _collect_form_body(
         assert isinstance(operation.selector, FormSelector)
         _collect_form_fields(operation, operation.selector.name, form, pending)
     return lambda: form.encode().encode("ascii")
+
+
+def _collect_multipart_body(
+    operations: list[Operation], body: bytes, boundary: str, pending: PendingRewrite
+) -> Callable[[], bytes]:
+    form = parse_multipart(body, boundary)
+    for operation in operations:
+        assert isinstance(operation.selector, MultipartSelector)
+        found = form.find(operation.selector.name)
+        if not found:
+            _missing(operation)
+        for part in found:
+            if part.filename is not None:
+                value = file_envelope(FileValue(part.filename, part.content_type, part.data))
+            else:
+                value = part.text()
+
+            def set_value(new: str, _: ValueType, part: Any = part) -> None:
+                form.replace_with_text(part, new)
+
+            _add(pending, operation, value, ValueType.STRING, set_value)
+    return form.encode
 
 
 def _collect_json_fields(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.engine.paths import (
     PathPattern,
@@ -19,6 +20,9 @@ from gateway.engine.paths import (
     without_format_suffix,
 )
 from gateway.engine.selectors import FieldSelector
+
+if TYPE_CHECKING:
+    from gateway.engine.steps import FunctionStep
 
 
 class Action(enum.Enum):
@@ -74,6 +78,16 @@ class Route:
     match: RouteMatch
     request: tuple[Operation, ...] = ()
     response: tuple[Operation, ...] = ()
+    request_functions: tuple[FunctionStep, ...] = ()
+    """Function steps of the request phase; each one's ``position`` places it among ``request``."""
+    response_functions: tuple[FunctionStep, ...] = ()
+
+    @property
+    def has_steps(self) -> bool:
+        """Tell whether the route changes its messages at all; without steps it streams."""
+        return bool(
+            self.request or self.response or self.request_functions or self.response_functions
+        )
 
 
 class UnmatchedPolicy(enum.Enum):

@@ -1,7 +1,8 @@
 """Field selectors: where in a message a field rule looks.
 
 ``json`` takes a JSONPath into a JSON body, ``form`` a field name of an
-``application/x-www-form-urlencoded`` body written decoded (``card[number]``), ``query`` a
+``application/x-www-form-urlencoded`` body written decoded (``card[number]``), ``multipart``
+a part of a ``multipart/form-data`` body, ``query`` a
 query-string parameter and ``header`` a header name. Reading and rewriting the fields is the
 job of ``gateway.engine.rewrite``; this module only describes them.
 """
@@ -30,6 +31,16 @@ class FormSelector:
 
 
 @dataclass(frozen=True, slots=True)
+class MultipartSelector:
+    """A part of a ``multipart/form-data`` body by name; a file part is stored whole."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"multipart {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class QuerySelector:
     name: str
 
@@ -46,5 +57,7 @@ class HeaderSelector:
         return f"header {self.name}"
 
 
-type FieldSelector = JsonSelector | FormSelector | QuerySelector | HeaderSelector
-type BodySelector = JsonSelector | FormSelector
+type FieldSelector = (
+    JsonSelector | FormSelector | MultipartSelector | QuerySelector | HeaderSelector
+)
+type BodySelector = JsonSelector | FormSelector | MultipartSelector
