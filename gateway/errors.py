@@ -23,6 +23,9 @@ aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``
     │   ├── StoreUnavailableError    503 the token store cannot be reached (a ConnectionError)
     │   ├── AuditUnavailableError    503 the audit trail cannot be written, so nothing is done
     │   ├── TokenSpaceExhaustedError 503 no free token of the format and length
+    │   ├── FunctionFailedError      500 a function step raised, ran out of memory, crashed or
+    │   │   │                            returned an invalid message
+    │   │   └── FunctionTimeoutError 504 a function step passed its time limit (a TimeoutError)
     │   ├── UpstreamUnreachableError 502 connecting to the upstream failed (a ConnectionError)
     │   ├── UpstreamResponseError    502 the upstream response cannot be processed
     │   └── UpstreamTimeoutError     504 the upstream did not answer in time (a TimeoutError)
@@ -177,6 +180,16 @@ class AuditUnavailableError(MessageError):
 class TokenSpaceExhaustedError(MessageError):
     status = 503
     error_type = "token_space_exhausted"
+
+
+class FunctionFailedError(MessageError):
+    status = 500
+    error_type = "function_failed"
+
+
+class FunctionTimeoutError(FunctionFailedError, TimeoutError):
+    status = 504
+    error_type = "function_timeout"
 
 
 class UpstreamUnreachableError(MessageError, ConnectionError):

@@ -14,6 +14,8 @@ from gateway.api.app import create_api_app
 from gateway.audit.events import AuditSink, FanOutAuditSink
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
+from gateway.functions.pool import FunctionPool, start_pool
+from gateway.functions.reload import reload_routes
 from gateway.metrics import Metrics, MetricsAuditSink
 from gateway.policy.enforcer import ApiOperations, Enforcer
 from gateway.proxy.listener import GatewayServer
@@ -39,6 +41,7 @@ class Gateway:
     runners: list[web.BaseRunner] = field(default_factory=list)
     reverse_address: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
     admin_address: Address | None = None
+    proxy: ReverseProxy | None = None
 
     @classmethod
     async def start(cls, config: Config) -> Gateway:
@@ -60,11 +63,15 @@ class Gateway:
             await upstream.start()
             cleanup.push_async_callback(upstream.close)
 
+            functions = await start_pool(config)
+            if functions is not None:
+                cleanup.push_async_callback(functions.stop)
+
             metrics = Metrics()
             gateway = cls(config, store, vault, upstream, metrics)
             enforcer = Enforcer(vault, config.policy, gateway._audit_sink(), config.limits)
             cleanup.push_async_callback(gateway._stop_listeners)
-            await gateway._start_listeners(enforcer)
+            await gateway._start_listeners(enforcer, functions)
             cleanup.pop_all()
 
         gateway._log_started()
@@ -74,7 +81,7 @@ class Gateway:
         # TODO: add the audit trail file and stream sinks here once they exist.
         return FanOutAuditSink([MetricsAuditSink(self.metrics)])
 
-    async def _start_listeners(self, enforcer: Enforcer) -> None:
+    async def _start_listeners(self, enforcer: Enforcer, functions: FunctionPool | None) -> None:
         config = self.config
         proxy = ReverseProxy(
             Router(config.connections),
@@ -82,7 +89,9 @@ class Gateway:
             config.limits,
             self.upstream,
             access_log=config.logging.access_log,
+            functions=functions,
         )
+        self.proxy = proxy
         # auto_decompress off: the route engine decodes bodies itself, with an output cap, and
         # an unrouted body must reach the upstream byte for byte with its Content-Encoding.
         server = GatewayServer(proxy.handle, access_log=None, auto_decompress=False)
@@ -138,6 +147,8 @@ class Gateway:
     async def stop(self) -> None:
         logger.info("stopping; finishing requests in flight")
         await self._stop_listeners()
+        if self.proxy is not None and self.proxy.functions is not None:
+            await self.proxy.functions.stop()
         await self.upstream.close()
         await self.store.close()
         logger.info("stopped")
@@ -150,7 +161,26 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    reloads = _reload_routes_on_sighup(loop, gateway)
     try:
         await stop.wait()
     finally:
+        for task in list(reloads):
+            task.cancel()
         await gateway.stop()
+
+
+def _reload_routes_on_sighup(
+    loop: asyncio.AbstractEventLoop, gateway: Gateway
+) -> set[asyncio.Task[bool]]:
+    """Reload route files and function modules on SIGHUP; return the set of running reloads."""
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def start_reload() -> None:
+        logger.info("SIGHUP received: reloading route files and function modules")
+        task = loop.create_task(reload_routes(gateway))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, start_reload)
+    return reloads

@@ -28,6 +28,8 @@ from gateway.config.policy_check import PolicySources, check_policy
 from gateway.config.yamlsource import load_yaml_file
 from gateway.engine.routing import Connection
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.functions.check import check_function_steps
+from gateway.functions.config import read_functions_config
 from gateway.policy.model import PolicySet
 
 _SECTIONS = (
@@ -40,6 +42,7 @@ _SECTIONS = (
     "clients",
     "classes",
     "roles",
+    "functions",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -74,6 +77,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     )
     warnings: list[ConfigProblem] = []
     connections = check_policy(policy, PolicySources(places), connections, problems, warnings)
+    functions = read_functions_config(root.section("functions"), base_dir, problems)
+    connections = check_function_steps(connections, functions, policy, problems)
 
     if problems:
         raise ConfigError(problems)
@@ -87,6 +92,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         logging=logging_config,
         connections=tuple(connections),
         policy=policy,
+        functions=functions,
         warnings=tuple(warnings),
     )
 

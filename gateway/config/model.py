@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gateway.engine.routing import Connection
 from gateway.errors import ConfigProblem
+from gateway.functions.config import FunctionsConfig
 from gateway.policy.model import PolicySet
 
 
@@ -81,5 +82,6 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     connections: tuple[Connection, ...] = ()
     policy: PolicySet = field(default_factory=PolicySet)
+    functions: FunctionsConfig = field(default_factory=FunctionsConfig)
     warnings: tuple[ConfigProblem, ...] = ()
     """Mistakes that do not stop the gateway, such as a class revealed to no connection."""

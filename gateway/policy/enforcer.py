@@ -319,9 +319,18 @@ class ApiOperations:
         return [result for result in results if result is not None]
 
     async def detokenize(
-        self, caller: Caller, tokens: Sequence[str], requested: View | None
+        self,
+        caller: Caller,
+        tokens: Sequence[str],
+        requested: View | None,
+        *,
+        phase: Phase = Phase.RESPONSE,
     ) -> list[RevealedView | MessageError]:
-        """Reveal tokens in the requested view, capped by the caller's best grant per class."""
+        """Reveal tokens in the requested view, capped by the caller's best grant per class.
+
+        With ``phase`` REQUEST the values go to the caller's connection's upstream, so each
+        class must also name that connection in ``reveal_to``, as for a route's detokenize.
+        """
         enforcer, vault = self._enforcer, self._enforcer._vault
         audit = _Audit(caller)
         results: list[RevealedView | MessageError] = []
@@ -341,7 +350,7 @@ class ApiOperations:
                     continue
                 try:
                     grant, data_class = enforcer._authorize_reveal(
-                        result.class_name, caller, Phase.RESPONSE, fingerprint, audit
+                        result.class_name, caller, phase, fingerprint, audit
                     )
                 except (ForbiddenError, RateLimitedError) as error:
                     results.append(error)

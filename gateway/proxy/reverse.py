@@ -40,6 +40,9 @@ from gateway.errors import (
     UnsupportedMediaError,
     UpstreamResponseError,
 )
+from gateway.functions.message import HttpMessage
+from gateway.functions.phase import PhaseRunner
+from gateway.functions.pool import FunctionPool
 from gateway.policy.enforcer import Caller, Enforcer, Phase
 from gateway.proxy.errors import error_response
 from gateway.proxy.upstream import UpstreamClient, read_limited
@@ -85,12 +88,23 @@ class ReverseProxy:
         upstream: UpstreamClient,
         *,
         access_log: bool = True,
+        functions: FunctionPool | None = None,
     ) -> None:
         self._router = router
         self._enforcer = enforcer
         self._limits = limits
         self._upstream = upstream
         self._access_log = access_log
+        self._steps = PhaseRunner(enforcer, limits, functions)
+
+    @property
+    def functions(self) -> FunctionPool | None:
+        return self._steps.pool
+
+    def replace_routes(self, router: Router, functions: FunctionPool | None) -> None:
+        """Serve new requests with other routes and functions; requests in flight keep theirs."""
+        self._router = router
+        self._steps = PhaseRunner(self._enforcer, self._limits, functions)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Handle one request; the aiohttp low-level server calls this."""
@@ -156,9 +170,10 @@ class ReverseProxy:
         auth_header = connection.auth.header if connection.auth else None
         headers = upstream_request_headers(request.headers, auth_header=auth_header)
 
-        if route is None or not (route.request or route.response):
+        if route is None or not route.has_steps:
             return await self._stream_through(request, url, headers, exchange)
-        return await self._rewrite_through(request, caller, route, url, query, headers, exchange)
+        message = HttpMessage(MessageParts(headers, b"", query), request.method, mount.path)
+        return await self._rewrite_through(request, caller, route, connection, message, exchange)
 
     async def _authenticate(
         self, connection: Connection, route: Route | None, request: web.BaseRequest
@@ -204,24 +219,26 @@ class ReverseProxy:
         request: web.BaseRequest,
         caller: Caller,
         route: Route,
-        url: str,
-        query: str,
-        headers: CIMultiDict[str],
+        connection: Connection,
+        message: HttpMessage,
         exchange: Exchange,
     ) -> web.StreamResponse:
-        body = await self._read_request_body(request)
-        parts = MessageParts(headers, body, query)
-        parts, counts = await self._enforcer.rewrite(route.request, parts, caller, Phase.REQUEST)
+        steps = self._steps
+        message.parts.body = await self._read_request_body(request)
+        message, counts = await steps.run(route, Phase.REQUEST, message, caller)
         exchange.counts = counts
-        if parts.query != query:
-            url = url.partition("?")[0] + (f"?{parts.query}" if parts.query else "")
+        parts = message.parts
+        # A function may have changed the method, the path or the query.
+        url = connection.upstream + message.path + (f"?{parts.query}" if parts.query else "")
 
         send_body = parts.body if (parts.body or request.body_exists) else None
-        upstream = await self._upstream.send(url, request.method, parts.headers, send_body)
+        upstream = await self._upstream.send(url, message.method, parts.headers, send_body)
         try:
-            if not route.response:
+            if not (route.response or route.response_functions):
                 return await _stream_response(request, upstream)
-            return await self._rewrite_response(request, caller, route, upstream, exchange)
+            return await self._rewrite_response(
+                request, caller, route, message, upstream, exchange, steps
+            )
         finally:
             upstream.release()
 
@@ -255,8 +272,10 @@ class ReverseProxy:
         request: web.BaseRequest,
         caller: Caller,
         route: Route,
+        sent: HttpMessage,
         upstream: ClientResponse,
         exchange: Exchange,
+        steps: PhaseRunner,
     ) -> web.StreamResponse:
         limits = self._limits
         body = await read_limited(upstream, limits.max_body_bytes, limits.upstream_timeout)
@@ -265,10 +284,9 @@ class ReverseProxy:
                 f"upstream response body is larger than {limits.max_body_bytes} bytes"
             )
         parts = MessageParts(client_response_headers(upstream.headers), body)
+        received = HttpMessage(parts, sent.method, sent.path, upstream.status)
         try:
-            parts, counts = await self._enforcer.rewrite(
-                route.response, parts, caller, Phase.RESPONSE
-            )
+            received, counts = await steps.run(route, Phase.RESPONSE, received, caller)
         except _RESPONSE_FAULTS as error:
             raise UpstreamResponseError(
                 f"upstream response cannot be processed: {error.message}"
@@ -283,10 +301,11 @@ class ReverseProxy:
         if request.method == "HEAD" and upstream.content_length is not None:
             # The length a GET would have (RFC 9110, 8.6); no body follows.
             parts.headers[hdrs.CONTENT_LENGTH] = str(upstream.content_length)
-        response = web.Response(
-            status=upstream.status, reason=upstream.reason, headers=parts.headers
-        )
-        if request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES:
+        parts = received.parts
+        status = received.status or upstream.status
+        reason = upstream.reason if status == upstream.status else None
+        response = web.Response(status=status, reason=reason, headers=parts.headers)
+        if request.method != "HEAD" and status not in _NO_BODY_STATUSES:
             response.body = parts.body
         return response
 
