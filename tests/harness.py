@@ -49,11 +49,13 @@ async def start_gateway(
     limits: str = "",
     environ: dict[str, str] | None = None,
     policy: str | None = None,
+    extra: str = "",
 ) -> Gateway:
     """Write a configuration and route files into ``directory`` and start a gateway on port 0.
 
     ``routes`` maps file names to route file texts. ``limits`` is YAML for the limits section.
     ``policy`` is YAML for clients, classes and roles; by default ``default_policy``.
+    ``extra`` is more top-level YAML, such as a ``functions`` section.
     """
     routes_dir = directory / "routes"
     routes_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,7 @@ async def start_gateway(
         f"routes: [routes/*.yaml]\n"
         f"limits:\n{limits_yaml}\n"
         f"{policy_yaml}"
+        f"{textwrap.dedent(extra)}"
     )
     config = load_config(directory / "gateway.yaml", environ=environ or {})
     return await Gateway.start(config)

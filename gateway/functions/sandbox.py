@@ -1,11 +1,12 @@
-"""Confine a function worker process: memory limit, no root, and a Landlock sandbox.
+"""Confine a function worker process: memory limit, no privileges, and a Landlock sandbox.
 
 The worker calls ``confine`` after it has loaded the function modules. From then on it can
 read only the Python installation and the functions folder, cannot write or execute any file,
-cannot open TCP connections or signal other processes, and cannot regain privileges. Landlock
-(Linux 5.13 and newer) does this without root; where the kernel lacks it, ``confine`` reports
-that and the worker is still bounded by its clean environment and its own user when the
-gateway runs as root.
+cannot open TCP connections or signal processes outside its sandbox (on Landlock ABI 4 and 6),
+and cannot regain privileges. Landlock (Linux 5.13 and newer) does this without root. A worker
+of a gateway that runs as root also drops every capability. Where the kernel lacks Landlock,
+``confine`` reports that, and a root worker becomes the user nobody instead, because only
+another user keeps a mode 0600 key file away from it.
 
 This module uses the standard library only, because the worker imports it before anything else.
 """
@@ -50,6 +51,21 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
 @dataclass(frozen=True, slots=True)
 class Confinement:
     """What ``confine`` achieved, reported to the gateway, which logs it."""
@@ -64,19 +80,38 @@ def confine(readable: list[str], memory_limit: int) -> Confinement:
     """Apply every restriction that this kernel and user allow; raise ``OSError`` on failure."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if os.geteuid() == 0:
-        # Root reads every file whatever its mode, so the worker becomes nobody.
-        os.setgroups([])
-        os.setgid(_NOBODY_ID)
-        os.setuid(_NOBODY_ID)
-
     libc = ctypes.CDLL(None, use_errno=True)
+    abi = _landlock_abi(libc)
+    # The ruleset is built while the worker may still open every path it allows.
+    ruleset = _ruleset(libc, abi, readable) if abi > 0 else None
+
+    if os.geteuid() == 0:
+        if ruleset is not None:
+            # Landlock keeps files away; dropping every capability keeps root from raw
+            # sockets, other processes and the rest of what root may do beyond files.
+            _drop_capabilities(libc)
+        else:
+            # Without Landlock only another user keeps the key file (mode 0600) away.
+            os.setgroups([])
+            os.setgid(_NOBODY_ID)
+            os.setuid(_NOBODY_ID)
+
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    abi = _landlock_abi(libc)
-    if abi > 0:
-        _restrict(libc, abi, readable)
+    if ruleset is not None:
+        try:
+            if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+        finally:
+            os.close(ruleset)
     return Confinement(abi, os.geteuid(), memory_limit)
+
+
+def _drop_capabilities(libc: ctypes.CDLL) -> None:
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 def python_paths() -> list[str]:
@@ -93,7 +128,8 @@ def _landlock_abi(libc: ctypes.CDLL) -> int:
     return max(abi, 0)
 
 
-def _restrict(libc: ctypes.CDLL, abi: int, readable: list[str]) -> None:
+def _ruleset(libc: ctypes.CDLL, abi: int, readable: list[str]) -> int:
+    """Return a Landlock ruleset that allows reading ``readable`` and nothing else."""
     fs_rights = _FS_RIGHTS_BY_ABI[max(version for version in _FS_RIGHTS_BY_ABI if version <= abi)]
     attr = _RulesetAttr(fs_rights, _NET_RIGHTS if abi >= 4 else 0, _SCOPES if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
@@ -104,10 +140,10 @@ def _restrict(libc: ctypes.CDLL, abi: int, readable: list[str]) -> None:
         for path in readable:
             _allow(libc, ruleset, path, _READ_FILE | _READ_DIR)
         _allow(libc, ruleset, "/dev/null", _READ_FILE | _WRITE_FILE)
-        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    finally:
+    except OSError:
         os.close(ruleset)
+        raise
+    return ruleset
 
 
 def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:
