@@ -48,7 +48,7 @@ def free_port() -> int:
 def test_check_accepts_example_config() -> None:
     result = vaultgate("check", "-c", "config.example.yaml")
     assert result.returncode == 0, result.stderr
-    assert "OK, 3 connection(s), 4 route(s), 2 client(s), 4 class(es), 2 role(s)" in result.stdout
+    assert "OK, 7 connection(s), 10 route(s), 2 client(s), 5 class(es), 3 role(s)" in result.stdout
     assert "class 'pii.email' is revealed to no connection" in result.stderr
 
 

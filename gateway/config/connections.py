@@ -129,8 +129,8 @@ def _build_connection(section: Section, file: str) -> Connection | None:
     )
 
 
-def _upstream(section: Section) -> str:
-    upstream = section.string("upstream", required=True) or ""
+def _upstream(section: Section, *, required: bool = True) -> str:
+    upstream = section.string("upstream", required=required) or ""
     if not upstream:
         return ""
     parts = urlsplit(upstream)
@@ -201,7 +201,7 @@ def _routes(section: Section, case_sensitive: bool) -> list[tuple[Route, int]]:
 
 
 def _route(section: Section, case_sensitive: bool) -> Route | None:
-    section.check_keys(("name", "match", "request", "response"))
+    section.check_keys(("name", "match", "upstream", "request", "response"))
     name = section.string("name", required=True) or ""
     section.where = f"route {name!r}" if name else section.where
     match_section = section.section("match")
@@ -224,6 +224,7 @@ def _route(section: Section, case_sensitive: bool) -> Route | None:
         response=tuple(response),
         request_functions=tuple(request_functions),
         response_functions=tuple(response_functions),
+        upstream=_upstream(section, required=False) or None,
     )
 
 

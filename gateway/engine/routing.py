@@ -81,6 +81,9 @@ class Route:
     request_functions: tuple[FunctionStep, ...] = ()
     """Function steps of the request phase; each one's ``position`` places it among ``request``."""
     response_functions: tuple[FunctionStep, ...] = ()
+    upstream: str | None = None
+    """Base URL for this route's requests instead of the connection's, such as a second
+    provider of a connection that reshapes one request for several providers."""
 
     @property
     def has_steps(self) -> bool:

@@ -7,6 +7,7 @@ Each problem names the route file and the line of the step or of the bad argumen
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Sequence
 
 from gateway.engine.routing import Action, Connection, Route
@@ -108,12 +109,14 @@ class _StepChecker:
             line = step.arg_lines.get(name, step.line)
             parameter = module.parameters.get(name)
             if parameter is None and not module.accepts_any:
+                close = difflib.get_close_matches(name, list(module.parameters), n=1)
                 known = ", ".join(sorted(module.parameters)) or "none"
-                self.problem(
-                    line,
-                    f"function {step.name} has no argument {name!r}",
-                    f"its arguments are {known} (keyword-only parameters of transform)",
+                hint = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else f"the keyword-only parameters of its transform are {known}"
                 )
+                self.problem(line, f"function {step.name} has no argument {name!r}", hint)
             elif parameter is not None and not check_argument_type(value, parameter.annotation):
                 self.problem(
                     line,

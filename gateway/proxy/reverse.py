@@ -166,7 +166,8 @@ class ReverseProxy:
                 f"connection {connection.name!r} accepts only requests that match one of its routes"
             )
 
-        url = connection.upstream + mount.path + (f"?{query}" if query else "")
+        upstream = (route.upstream if route else None) or connection.upstream
+        url = upstream + mount.path + (f"?{query}" if query else "")
         auth_header = connection.auth.header if connection.auth else None
         headers = upstream_request_headers(request.headers, auth_header=auth_header)
 
@@ -229,7 +230,8 @@ class ReverseProxy:
         exchange.counts = counts
         parts = message.parts
         # A function may have changed the method, the path or the query.
-        url = connection.upstream + message.path + (f"?{parts.query}" if parts.query else "")
+        base = route.upstream or connection.upstream
+        url = base + message.path + (f"?{parts.query}" if parts.query else "")
 
         send_body = parts.body if (parts.body or request.body_exists) else None
         upstream = await self._upstream.send(url, message.method, parts.headers, send_body)

@@ -21,9 +21,18 @@ def test_example_config_and_shipped_routes_load() -> None:
     assert config.limits.max_body_bytes == 1024 * 1024
     assert config.limits.upstream_timeout == 30.0
     names = sorted(connection.name for connection in config.connections)
-    assert names == ["adyen", "checkout", "stripe"]
+    assert names == ["adyen", "bookings", "checkout", "contracts", "payments", "signing", "stripe"]
     mounts = {connection.name: connection.mount for connection in config.connections}
-    assert mounts == {"adyen": "/adyen", "checkout": "/", "stripe": "/stripe"}
+    assert mounts == {
+        "adyen": "/adyen",
+        "bookings": "/bookings",
+        "checkout": "/",
+        "contracts": "/contracts",
+        "payments": "/pay",
+        "signing": "/signing",
+        "stripe": "/stripe",
+    }
+    assert sorted(config.functions.modules) == ["attach_contract", "to_adyen", "to_stripe"]
 
 
 def test_environment_overrides_example_defaults() -> None:
