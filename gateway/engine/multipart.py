@@ -113,8 +113,10 @@ def _quote(text: str) -> str:
 def boundary_of(content_type: str | None) -> str:
     """Return the boundary parameter of a ``multipart/form-data`` Content-Type."""
     _, _, parameters = (content_type or "").partition(";")
-    found = _parameters(parameters, "Content-Type")
-    boundary = found.get("boundary")
+    try:
+        boundary = _parameters(parameters, "Content-Type").get("boundary")
+    except InvalidBodyError:
+        boundary = None
     if boundary is None or not _BOUNDARY.match(boundary):
         raise UnsupportedMediaError(
             "multipart/form-data needs a valid boundary parameter in Content-Type"

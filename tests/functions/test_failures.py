@@ -4,10 +4,11 @@ and the reason, and sends nothing upstream; the pool replaces broken workers."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.functions.conftest import StartFunctions
 from tests.harness import gateway_url
@@ -40,7 +41,7 @@ def shop_routes(upstream: RecordingUpstream, function: str, role: str = "") -> d
     }
 
 
-async def post(client: aiohttp.ClientSession, url: str, body: object) -> tuple[int, dict]:  # type: ignore[type-arg]
+async def post(client: aiohttp.ClientSession, url: str, body: object) -> tuple[int, Any]:
     async with client.post(url, json=body) as response:
         return response.status, await response.json()
 
@@ -152,45 +153,43 @@ async def test_function_finds_no_secrets(
     upstream: RecordingUpstream,
     client: aiohttp.ClientSession,
     tmp_path: Path,
-    monkeypatch: object,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    os.environ["VAULTGATE_TEST_SECRET"] = SECRET_MARKER
-    try:
-        modules = {
-            "snoop": """\
-                import os
+    # The gateway's own environment holds a secret, which its workers must not inherit.
+    monkeypatch.setenv("VAULTGATE_TEST_SECRET", SECRET_MARKER)
+    modules = {
+        "snoop": """\
+            import os
 
-                def attempt(read):
-                    try:
-                        return read()
-                    except OSError as error:
-                        return "denied: " + type(error).__name__
+            def attempt(read):
+                try:
+                    return read()
+                except OSError as error:
+                    return "denied: " + type(error).__name__
 
-                def transform(message, *, paths: list):
-                    found = {"environ": dict(os.environ)}
-                    for path in paths:
-                        found[path] = attempt(lambda: open(path, encoding="utf-8", errors="replace").read())
-                    found["parent_environ"] = attempt(
-                        lambda: open(f"/proc/{os.getppid()}/environ", "rb").read().decode("latin-1")
-                    )
-                    found["socket"] = attempt(lambda: __import__("socket").create_connection(("127.0.0.1", 9), 1) and "connected")
-                    message["body"] = found
-                    return message
-                """
-        }
-        gateway_dir = tmp_path / "gateway"
-        key_file = gateway_dir / "keys.yaml"
-        config_file = gateway_dir / "gateway.yaml"
-        routes = shop_routes(upstream, "snoop")
-        routes["snoop.yaml"] = routes["snoop.yaml"].replace(
-            "      - function: snoop\n",
-            f"      - function: snoop\n        args: {{paths: ['{key_file}', '{config_file}', '/etc/shadow']}}\n",
-        )
-        gateway = await start_with_functions(modules, routes)
-        status, body = await post(client, f"{gateway_url(gateway)}/snoop/run/x", {})
-        assert status == 200, body
-    finally:
-        del os.environ["VAULTGATE_TEST_SECRET"]
+            def transform(message, *, paths: list):
+                found = {"environ": dict(os.environ)}
+                for path in paths:
+                    found[path] = attempt(lambda: open(path, encoding="utf-8", errors="replace").read())
+                found["parent_environ"] = attempt(
+                    lambda: open(f"/proc/{os.getppid()}/environ", "rb").read().decode("latin-1")
+                )
+                found["socket"] = attempt(lambda: __import__("socket").create_connection(("127.0.0.1", 9), 1) and "connected")
+                message["body"] = found
+                return message
+            """
+    }
+    gateway_dir = tmp_path / "gateway"
+    key_file = gateway_dir / "keys.yaml"
+    config_file = gateway_dir / "gateway.yaml"
+    routes = shop_routes(upstream, "snoop")
+    routes["snoop.yaml"] = routes["snoop.yaml"].replace(
+        "      - function: snoop\n",
+        f"      - function: snoop\n        args: {{paths: ['{key_file}', '{config_file}', '/etc/shadow']}}\n",
+    )
+    gateway = await start_with_functions(modules, routes)
+    status, body = await post(client, f"{gateway_url(gateway)}/snoop/run/x", {})
+    assert status == 200, body
 
     found = json.loads(upstream.last.body)
     assert sorted(found["environ"]) == ["LANG", "LC_ALL", "PATH"]
