@@ -33,7 +33,5 @@ def transform(message, *, capture: bool = True):
         headers["authorization"] = f"Bearer {key}"
     # Stripe runs a request with the same key once, so a retried payment is not charged twice.
     headers["idempotency-key"] = payment["reference"]
-    message.update(
-        path="/v1/payment_intents", headers=headers, body_type="form", body=form
-    )
+    message.update(path="/v1/payment_intents", headers=headers, body_type="form", body=form)
     return message
