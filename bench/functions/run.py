@@ -2,8 +2,8 @@
 route without it, in one run.
 
 It starts a stand-in Stripe upstream and a gateway on loopback (SQLite store, keys and
-configuration in a temporary folder), tokenizes a card through the vault API, and then sends
-requests one at a time, alternating between the two routes so that both see the same machine
+configuration in a temporary folder) and tokenizes a card through the vault API. Then it sends
+requests one at a time, alternating between the two routes so that both meet the same machine
 state:
 
 - ``with function``: the shipped route, provider-neutral JSON to /pay/stripe; functions/
@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -179,7 +178,9 @@ async def measure(gateway: Gateway, requests: int) -> None:
     print(f"function step     {summary(step_alone)}  (timed alone in the gateway process)")
 
 
-async def time_function_step(gateway: Gateway, payment: dict[str, object], count: int) -> list[float]:
+async def time_function_step(
+    gateway: Gateway, payment: dict[str, object], count: int
+) -> list[float]:
     """Time the step the way a request runs it: to a dictionary, a worker call, the checks."""
     import simplejson
 

@@ -126,10 +126,10 @@ class _Field:
         return cls(text, path)
 
     def require(self, message: Message, step: str) -> None:
-        wanted = "json" if self.path is not None else "form"
-        if message.get("body_type") != wanted:
+        expected = "json" if self.path is not None else "form"
+        if message.get("body_type") != expected:
             raise InvalidBodyError(
-                f"step {step} reads {self.text}, which needs a {wanted} body, but the body is "
+                f"step {step} reads {self.text}, which needs a {expected} body, but the body is "
                 f"{message.get('body_type')}"
             )
 
@@ -189,7 +189,9 @@ def _json_write(document: Any, path: JsonPath, value: Any) -> Any:
         selector = segment.selector
         if isinstance(selector, Names):
             if not isinstance(node, dict):
-                raise InvalidBodyError(f"{path.expression} runs through a value that is no object")
+                raise InvalidBodyError(
+                    f"{path.expression} cannot be written: a value on its path is not an object"
+                )
             name = _existing_key(node, selector.names[0])
             if last:
                 node[name] = value

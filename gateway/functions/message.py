@@ -6,7 +6,7 @@ A function sees a request as a plain dictionary that survives a trip through JSO
      "headers": {"content-type": "application/json", ...},
      "body_type": "json", "body": {...}}
 
-A response has ``status`` in place of nothing else; method and path are the request's.
+A response has ``status`` too, and its method and path are those of the request.
 ``body_type`` is ``json`` (any JSON value, numbers as ``Decimal``), ``form`` (a list of
 ``[name, value]`` pairs), ``multipart`` (a list of parts, each ``{"name", "value"}`` or
 ``{"name", "filename", "content_type", "data"}`` with the file's bytes in base64), ``none``
@@ -65,7 +65,7 @@ _JSON_MEDIA_TYPE = "application/json"
 
 
 class InvalidReturnError(ValueError):
-    """A function returned something that is not a valid message; the text says what."""
+    """A function returned something that is not a valid message; the message names the problem."""
 
 
 @dataclass(slots=True)
@@ -220,7 +220,8 @@ def _headers(value: Any, original: CIMultiDict[str]) -> CIMultiDict[str]:
     """Apply the function's header dictionary to the original headers as a set of changes.
 
     Headers the function left as they were keep their original lines, so repeated lines
-    survive; a changed or new header gets one line; a header missing from the result is removed.
+    survive. A changed or new header gets one line, and a header missing from the result is
+    removed.
     """
     if not isinstance(value, dict):
         raise InvalidReturnError("headers must be a dictionary of names to strings")

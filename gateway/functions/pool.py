@@ -4,7 +4,7 @@ Each worker is a fresh Python interpreter (``gateway.functions.worker``) started
 environment, so none of the gateway's secrets (``VAULTGATE_KEYS``, client keys, store
 passwords) reach it, and it shares no memory with the gateway. It confines itself before any
 function runs (``gateway.functions.sandbox``). A call that passes ``functions.timeout`` kills
-its worker; a worker that crashes, runs out of memory or breaks the protocol is replaced by a
+its worker. A worker that crashes, runs out of memory or breaks the protocol is replaced by a
 new one in the background.
 
 The gateway reads what a worker writes with the same strict JSON parser as a client's body and
@@ -36,7 +36,7 @@ from gateway.functions.config import FunctionsConfig
 logger = logging.getLogger("gateway.functions")
 
 type VaultHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-"""Answers one vault request of a running function: ``{"result": ...}`` or ``{"error": ...}``."""
+"""Handles one vault request of a running function; returns ``{"result": ...}`` or an error."""
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 2.0
@@ -53,7 +53,7 @@ class WorkerBrokenError(Exception):
 
 @dataclass(slots=True)
 class Reply:
-    """A worker's answer to one call: the returned message, or an error description."""
+    """A worker's response to one call: the returned message, or an error description."""
 
     result: Any = None
     error: dict[str, Any] | None = None
@@ -102,7 +102,7 @@ class _Worker:
         while True:
             message = await self.read()
             if message.get("id") != request["id"]:
-                raise WorkerBrokenError("answered another call than the one it was given")
+                raise WorkerBrokenError("responded to another call than the one it was sent")
             if "vault" in message:
                 vault_request = message["vault"]
                 if not isinstance(vault_request, dict):

@@ -2,7 +2,7 @@
 
 On SIGHUP the gateway reads its configuration again. When it is valid and its clients, classes
 and roles are unchanged, new requests get the new routes and a new function worker pool at
-once; requests in flight finish on the old ones, and the old pool stops after them. A change
+once. Requests in flight finish on the old ones, and the old pool stops after them. A change
 to the policy, the listeners, the store or the keys needs a restart, and a configuration with
 any problem is rejected whole while the running one stays.
 """

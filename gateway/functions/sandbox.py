@@ -68,7 +68,7 @@ _CAPABILITY_VERSION_3 = 0x20080522
 
 @dataclass(frozen=True, slots=True)
 class Confinement:
-    """What ``confine`` achieved, reported to the gateway, which logs it."""
+    """The restrictions that ``confine`` applied, reported to the gateway, which logs them."""
 
     landlock_abi: int
     """The Landlock ABI version in force, or 0 when the kernel has none."""
@@ -132,7 +132,12 @@ def _ruleset(libc: ctypes.CDLL, abi: int, readable: list[str]) -> int:
     """Return a Landlock ruleset that allows reading ``readable`` and nothing else."""
     fs_rights = _FS_RIGHTS_BY_ABI[max(version for version in _FS_RIGHTS_BY_ABI if version <= abi)]
     attr = _RulesetAttr(fs_rights, _NET_RIGHTS if abi >= 4 else 0, _SCOPES if abi >= 6 else 0)
-    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    # The structure grew with the ABI; the kernel reads only the fields of the size given.
+    size = 8
+    if abi >= 4:
+        size = 16
+    if abi >= 6:
+        size = 24
     ruleset = int(libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), size, 0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")

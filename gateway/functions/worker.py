@@ -2,7 +2,7 @@
 
 The gateway starts it as ``python -I -B -m gateway.functions.worker`` with a clean environment
 and talks to it in JSON lines: the setup on the first line of standard input, then one call per
-line. While a function runs, its vault requests go out as lines too, and the gateway's answer
+line. While a function runs, its vault requests go out as lines too, and the gateway's response
 comes back on standard input. Anything the function prints goes to standard error, because
 standard output carries the protocol.
 
@@ -29,7 +29,7 @@ _ENTRY_POINT = "transform"
 
 
 class VaultError(Exception):
-    """A vault request of a function failed; the text says why, without any value."""
+    """A vault request of a function failed; the message gives the reason, without any value."""
 
 
 class VaultDenied(VaultError):

@@ -33,7 +33,7 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def start_with_functions(tmp_path: Path) -> AsyncIterator[StartFunctions]:
-    """Start a gateway whose ``functions/`` folder holds the given modules (name to source)."""
+    """Start a gateway whose ``functions/`` folder contains the given modules (name to source)."""
     started: list[Gateway] = []
 
     async def start(

@@ -155,7 +155,7 @@ async def test_function_finds_no_secrets(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The gateway's own environment holds a secret, which its workers must not inherit.
+    # The gateway's own environment contains a secret, which its workers must not inherit.
     monkeypatch.setenv("VAULTGATE_TEST_SECRET", SECRET_MARKER)
     modules = {
         "snoop": """\
