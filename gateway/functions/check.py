@@ -55,6 +55,17 @@ def _check_route(
     problems: list[ConfigProblem],
 ) -> Route:
     checker = _StepChecker(connection.source, route.name, functions, policy, problems)
+    if connection.auth is None:
+        for step in (*route.request_functions, *route.response_functions):
+            if step.role is not None or step.client is not None:
+                # Anyone who can reach a public connection could make the function use the
+                # vault under its role, such as to detokenize into the upstream request.
+                checker.problem(
+                    step.line,
+                    f"function step {step.name} uses the vault under a role, but connection "
+                    f"{connection.name!r} has no auth section, so anyone could call it",
+                    "add auth: {clients: [backend]}, or remove the role",
+                )
     for operation in (*route.request, *route.response):
         if (
             isinstance(operation.selector, MultipartSelector)

@@ -4,6 +4,9 @@ The gateway never imports an operator's module: it reads each module's source wi
 learn the keyword-only parameters of its ``transform`` function, which are the arguments a
 route step may pass, so that ``vaultgate check`` can report a bad argument with file and line.
 The code itself runs only in the worker processes.
+
+NOTE: because ``check`` never runs a module, a module that parses but fails on import (such as
+an import of a missing package) passes ``vaultgate check`` and stops the gateway at start-up.
 """
 
 from __future__ import annotations

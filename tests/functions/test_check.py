@@ -87,6 +87,8 @@ def test_unknown_role_and_role_without_vault(tmp_path: Path) -> None:
     assert messages == [
         "function convert gets a role but takes no vault parameter",
         "function step convert has unknown role 'nobody'",
+        "function step convert uses the vault under a role, but connection 'c' has no auth "
+        "section, so anyone could call it",
     ]
 
 
@@ -129,3 +131,10 @@ def test_mixed_body_types_around_a_function_are_allowed(tmp_path: Path) -> None:
     )
     problem = only(problems_of(tmp_path / "x", steps))
     assert "mixes json and form fields in one run" in problem.message
+
+
+def test_role_on_public_connection(tmp_path: Path) -> None:
+    modules = {"convert": "def transform(message, *, vault):\n    return message\n"}
+    problem = only(problems_of(tmp_path, "- function: convert\n  role: r\n", modules))
+    assert problem.line == 7
+    assert "has no auth section, so anyone could call it" in problem.message
