@@ -1,8 +1,8 @@
 """The ``functions`` section of the configuration, and what the function modules declare.
 
-The gateway never imports an operator's module: it reads each module's source with ``ast`` to
-learn the keyword-only parameters of its ``transform`` function, which are the arguments a
-route step may pass, so that ``vaultgate check`` can report a bad argument with file and line.
+The gateway never imports an operator's module. It reads each module's source with ``ast`` to
+learn the keyword-only parameters of its ``transform`` function, which are the arguments that
+a route step may pass, so ``vaultgate check`` can report a bad argument with file and line.
 The code itself runs only in the worker processes.
 
 NOTE: because ``check`` never runs a module, a module that parses but fails on import (such as
