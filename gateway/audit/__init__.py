@@ -1,0 +1,1 @@
+"""The audit trail: one record per tokenize, detokenize, delete, erase and denial."""
