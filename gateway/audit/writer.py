@@ -90,8 +90,15 @@ class AuditFile:
             raise AuditUnavailableError(self._failure)
 
         data = b"".join(record.line for record in records)
+        fsync_error = None
         try:
-            await asyncio.to_thread(_write_all, descriptor, data)
+            if self.fsync == "always":
+                fsync_error = await asyncio.to_thread(_write_and_fsync, descriptor, data)
+            else:
+                # A write to the page cache usually costs far less than a hop to a worker
+                # thread, so it runs on the event loop. It can block the loop when the kernel
+                # throttles writers because too much data is waiting for the disk.
+                _write_all(descriptor, data)
         except OSError as exc:
             self._remove_incomplete_write(descriptor)
             raise AuditUnavailableError(
@@ -99,8 +106,11 @@ class AuditFile:
             ) from exc
         self._size += len(data)
 
+        if fsync_error is not None:
+            raise self._fsync_failed(fsync_error) from fsync_error
         if self.fsync == "always":
-            await self.sync()
+            self._synced_size = self._size
+            self.fsyncs += 1
 
     async def sync(self) -> None:
         """fsync the file if something was appended since the last fsync."""
@@ -111,13 +121,17 @@ class AuditFile:
         try:
             await asyncio.to_thread(os.fsync, descriptor)
         except OSError as exc:
-            self._fail_permanently(
-                f"fsync of audit file {self.path} failed: {exc.strerror or exc}. Check the disk, "
-                "then restart the gateway"
-            )
-            raise AuditUnavailableError(f"fsync of audit file {self.path} failed") from exc
+            raise self._fsync_failed(exc) from exc
         self._synced_size = max(self._synced_size, size)
         self.fsyncs += 1
+
+    def _fsync_failed(self, error: OSError) -> AuditUnavailableError:
+        """Stop the file for good after a failed fsync, and return the error to raise."""
+        self._fail_permanently(
+            f"fsync of audit file {self.path} failed: {error.strerror or error}. Check the "
+            "disk, then restart the gateway"
+        )
+        return AuditUnavailableError(f"fsync of audit file {self.path} failed")
 
     async def close(self) -> None:
         """Stop the background fsync, fsync what is left, and close the file (which unlocks it)."""
@@ -268,6 +282,20 @@ class AuditFile:
                 await self.sync()
             except AuditUnavailableError:
                 return  # _fail_permanently logged it.
+
+
+def _write_and_fsync(descriptor: int, data: bytes) -> OSError | None:
+    """Write ``data`` and fsync, in one call for a worker thread.
+
+    An error of the write is raised and an error of fsync returned, because they call for
+    different handling.
+    """
+    _write_all(descriptor, data)
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _write_all(descriptor: int, data: bytes) -> None:

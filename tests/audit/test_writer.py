@@ -305,8 +305,9 @@ def test_invalid_fsync_mode_raises(path: Path) -> None:
         AuditFile(path, fsync="sometimes")  # type: ignore[arg-type]
 
 
-async def test_write_failure_raises_and_recovers(path: Path) -> None:
-    async with started(path, fsync="always") as log:
+@pytest.mark.parametrize("fsync", ["always", "interval"])
+async def test_write_failure_raises_and_recovers(path: Path, fsync: str) -> None:
+    async with started(path, fsync=fsync) as log:
         await log.record([make_event(1)])
         before = read_lines(path)
 
