@@ -1,4 +1,4 @@
-"""The ``vaultgate`` command: run, check, and keys generate."""
+"""The ``vaultgate`` command: run, check, keys generate and audit verify."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
+from gateway.audit import cli as audit_cli
 from gateway.config.loader import load_config
 from gateway.config.model import LoggingConfig
 from gateway.errors import ConfigError, KeyMaterialError, StoreUnavailableError
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         help="mark the key as a development key, refused outside development",
     )
     generate.set_defaults(command_function=_keys_generate)
+
+    audit_cli.register(commands)
     return parser
 
 
