@@ -4,6 +4,10 @@ The file is append-only JSON Lines, one record per line (see ``gateway.audit.rec
 gateway process needs a file of its own, for example ``var/audit-${HOSTNAME}.jsonl``, because
 it continues the chain that the file ends with. An exclusive ``flock`` held while the file is
 open makes a second writer fail at start, in this process or another on the same host.
+
+NOTE: the file cannot be rotated while the gateway runs. A file moved away keeps receiving the
+records, and one truncated in place (logrotate's copytruncate) no longer verifies from its first
+line. Rotate with the gateway stopped: it then starts a new chain at sequence 1.
 """
 
 from __future__ import annotations
