@@ -1,4 +1,4 @@
-"""The ``vaultgate`` command: run, check, and keys generate."""
+"""The ``vaultgate`` command: run, check, keys generate and audit verify."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
+from gateway.audit import cli as audit_cli
 from gateway.config.loader import load_config
 from gateway.config.model import LoggingConfig
-from gateway.errors import ConfigError, KeyMaterialError, StoreUnavailableError
+from gateway.errors import (
+    AuditUnavailableError,
+    ConfigError,
+    KeyMaterialError,
+    StoreUnavailableError,
+)
 from gateway.logs import configure_logging
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
@@ -67,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         help="mark the key as a development key, refused outside development",
     )
     generate.set_defaults(command_function=_keys_generate)
+
+    audit_cli.register(commands)
     return parser
 
 
@@ -118,7 +126,7 @@ def _run(arguments: argparse.Namespace) -> int:
     configure_logging(config.logging)
     try:
         asyncio.run(serve(config))
-    except (KeyMaterialError, StoreUnavailableError, ConfigError) as error:
+    except (KeyMaterialError, StoreUnavailableError, AuditUnavailableError, ConfigError) as error:
         logger.error("not started: %s", error)
         return 1
     except OSError as error:

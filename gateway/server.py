@@ -12,6 +12,8 @@ from aiohttp import web
 
 from gateway.api.app import create_api_app
 from gateway.audit.events import AuditSink, FanOutAuditSink
+from gateway.audit.log import AuditLog
+from gateway.audit.writer import open_audit_log
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
 from gateway.metrics import Metrics, MetricsAuditSink
@@ -36,6 +38,7 @@ class Gateway:
     vault: Vault
     upstream: UpstreamClient
     metrics: Metrics
+    audit_log: AuditLog | None = None
     runners: list[web.BaseRunner] = field(default_factory=list)
     reverse_address: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
     admin_address: Address | None = None
@@ -55,13 +58,20 @@ class Gateway:
                 logger.warning("store durability: %s", warning)
             vault = Vault(store, key_ring)
             await vault.check_key_ring()
+            audit_log = await open_audit_log(
+                config.audit, key_ring.audit_key, redis_timeout=config.limits.store_timeout
+            )
+            if audit_log is not None:
+                cleanup.push_async_callback(audit_log.close)
+            else:
+                logger.warning("the audit trail is off (audit.enabled: false)")
 
             upstream = UpstreamClient(config.limits)
             await upstream.start()
             cleanup.push_async_callback(upstream.close)
 
             metrics = Metrics()
-            gateway = cls(config, store, vault, upstream, metrics)
+            gateway = cls(config, store, vault, upstream, metrics, audit_log)
             enforcer = Enforcer(vault, config.policy, gateway._audit_sink(), config.limits)
             cleanup.push_async_callback(gateway._stop_listeners)
             await gateway._start_listeners(enforcer)
@@ -71,8 +81,11 @@ class Gateway:
         return gateway
 
     def _audit_sink(self) -> AuditSink:
-        # TODO: add the audit trail file and stream sinks here once they exist.
-        return FanOutAuditSink([MetricsAuditSink(self.metrics)])
+        # The trail comes first: metrics count only what was recorded.
+        sinks: list[AuditSink] = [MetricsAuditSink(self.metrics)]
+        if self.audit_log is not None:
+            sinks.insert(0, self.audit_log)
+        return FanOutAuditSink(sinks)
 
     async def _start_listeners(self, enforcer: Enforcer) -> None:
         config = self.config
@@ -139,6 +152,8 @@ class Gateway:
         logger.info("stopping; finishing requests in flight")
         await self._stop_listeners()
         await self.upstream.close()
+        if self.audit_log is not None:
+            await self.audit_log.close()
         await self.store.close()
         logger.info("stopped")
 

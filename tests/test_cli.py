@@ -125,6 +125,8 @@ def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             "VAULTGATE_LISTEN": f"127.0.0.1:{port}",
             "VAULTGATE_STORE": f"sqlite:///{tmp_path / 'tokens.db'}",
             "VAULTGATE_KEY_FILE": str(tmp_path / "keys.yaml"),
+            "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
+            "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
             "APP_UPSTREAM": "http://127.0.0.1:9",
         }
     )

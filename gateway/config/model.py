@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.config.audit import AuditConfig
 from gateway.engine.routing import Connection
 from gateway.errors import ConfigProblem
 from gateway.policy.model import PolicySet
@@ -81,5 +82,6 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     connections: tuple[Connection, ...] = ()
     policy: PolicySet = field(default_factory=PolicySet)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     warnings: tuple[ConfigProblem, ...] = ()
     """Mistakes that do not stop the gateway, such as a class revealed to no connection."""
