@@ -11,6 +11,7 @@ aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``
     │   ├── NotFoundError            404 no connection is mounted at the path
     │   ├── RouteNotMatchedError     404 the connection rejects requests that match no route
     │   ├── AuthenticationError      401 missing or wrong client key
+    │   ├── ForbiddenError           403 a policy denies the client or the connection this
     │   ├── InvalidBodyError         400 malformed body, duplicate keys, NaN, too deep
     │   ├── MissingFieldError        400 a required field is absent
     │   ├── InvalidValueError        400 a value does not fit the token format
@@ -18,7 +19,9 @@ aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``
     │   ├── BodyTooLargeError        413 over limits.max_body_bytes, also after decompression
     │   ├── UnsupportedMediaError    415 wrong content type or unknown content encoding
     │   ├── InvalidTokenError        422 unknown, expired or malformed token
+    │   ├── RateLimitedError         429 a client passed its detokenize rate limit
     │   ├── StoreUnavailableError    503 the token store cannot be reached (a ConnectionError)
+    │   ├── AuditUnavailableError    503 the audit trail cannot be written, so nothing is done
     │   ├── TokenSpaceExhaustedError 503 no free token of the format and length
     │   ├── UpstreamUnreachableError 502 connecting to the upstream failed (a ConnectionError)
     │   ├── UpstreamResponseError    502 the upstream response cannot be processed
@@ -114,6 +117,16 @@ class AuthenticationError(MessageError):
     error_type = "unauthorized"
 
 
+class ForbiddenError(MessageError):
+    status = 403
+    error_type = "forbidden"
+
+
+class RateLimitedError(MessageError):
+    status = 429
+    error_type = "rate_limited"
+
+
 class InvalidBodyError(MessageError):
     status = 400
     error_type = "invalid_body"
@@ -153,6 +166,12 @@ class StoreUnavailableError(MessageError, ConnectionError):
     status = 503
     error_type = "store_unavailable"
     public_message = "the token store is unavailable; retry later"
+
+
+class AuditUnavailableError(MessageError):
+    status = 503
+    error_type = "audit_unavailable"
+    public_message = "the audit trail is unavailable; retry later"
 
 
 class TokenSpaceExhaustedError(MessageError):
