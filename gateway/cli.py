@@ -1,4 +1,4 @@
-"""The ``vaultgate`` command: run, check, and keys generate."""
+"""The ``vaultgate`` command: run, check, keys generate, and the key rotation commands."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gateway.errors import ConfigError, KeyMaterialError, StoreUnavailableError
 from gateway.logs import configure_logging
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
+from gateway.tokens.keys_cli import register as register_key_rotation_commands
 
 logger = logging.getLogger("gateway.server")
 
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         help="mark the key as a development key, refused outside development",
     )
     generate.set_defaults(command_function=_keys_generate)
+    register_key_rotation_commands(key_commands)
     return parser
 
 

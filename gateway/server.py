@@ -1,4 +1,7 @@
-"""Start and stop a gateway: keys, store, vault, router and the reverse listener."""
+"""Start and stop a gateway: keys, store, vault, router and the reverse listener.
+
+A running gateway reloads its key file on SIGHUP, which is how it picks up a rotated key.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from aiohttp import web
 
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
+from gateway.errors import KeyMaterialError
 from gateway.proxy.listener import GatewayServer
 from gateway.proxy.reverse import ReverseProxy
 from gateway.proxy.upstream import UpstreamClient
@@ -32,6 +36,7 @@ class Gateway:
     upstream: UpstreamClient
     runner: web.ServerRunner
     reverse_address: Address
+    vault: Vault
 
     @classmethod
     async def start(cls, config: Config) -> Gateway:
@@ -64,7 +69,11 @@ class Gateway:
                 len(connection.routes),
             )
         logger.info("reverse proxy listening on http://%s", address)
-        return cls(config, store, upstream, runner, address)
+        return cls(config, store, upstream, runner, address, vault)
+
+    def reload_keys(self) -> bool:
+        """Reload the key ring from the configured key source; see ``reload_key_ring``."""
+        return reload_key_ring(self.config, self.vault)
 
     async def stop(self) -> None:
         logger.info("stopping; finishing requests in flight")
@@ -72,6 +81,34 @@ class Gateway:
         await self.upstream.close()
         await self.store.close()
         logger.info("stopped")
+
+
+def reload_key_ring(config: Config, vault: Vault) -> bool:
+    """Load the key ring again from ``config.keys`` and swap it into ``vault``; return success.
+
+    Requests in flight finish with the ring they started with. When the new ring fails to load,
+    or has another index key, the running ring stays in place and the error is logged.
+    """
+    # NOTE: with keys.development on and the key file gone, load_key_ring writes a new
+    # development key file. Its index key differs, so the reload fails, but the file stays.
+    running = vault.key_ring
+    try:
+        key_ring = load_key_ring(config.keys, base_dir=config.source.parent)
+        vault.use_key_ring(key_ring)
+    except (KeyMaterialError, OSError) as error:
+        logger.error(
+            "key reload failed, so the gateway keeps master key versions %s with primary "
+            "version %d: %s",
+            ", ".join(str(version) for version in running.versions),
+            running.primary_version,
+            error,
+        )
+        return False
+    logger.info(
+        "reloaded the key ring; new records are sealed under master key version %d",
+        key_ring.primary_version,
+    )
+    return True
 
 
 async def _start_reverse_listener(
@@ -101,12 +138,13 @@ async def _start_reverse_listener(
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    """Run until SIGINT or SIGTERM, then stop gracefully; reload the keys on SIGHUP."""
     gateway = await Gateway.start(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_keys)
     try:
         await stop.wait()
     finally:
