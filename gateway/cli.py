@@ -1,4 +1,5 @@
-"""The ``vaultgate`` command: run, check, keys generate and audit verify."""
+"""The ``vaultgate`` command: run, check, keys (generate, rotate, reencrypt, status, retire) and
+audit verify."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from gateway.errors import (
 from gateway.logs import configure_logging
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
+from gateway.tokens.keys_cli import register as register_key_rotation_commands
 
 logger = logging.getLogger("gateway.server")
 
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         help="mark the key as a development key, refused outside development",
     )
     generate.set_defaults(command_function=_keys_generate)
-
+    register_key_rotation_commands(key_commands)
     audit_cli.register(commands)
     return parser
 

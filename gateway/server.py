@@ -1,4 +1,7 @@
-"""Start and stop a gateway: keys, store, vault, policy, audit, and its listeners."""
+"""Start and stop a gateway: keys, store, vault, policy, audit, and its listeners.
+
+A running gateway reloads its key file on SIGHUP, which is how it picks up a rotated key.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.writer import open_audit_log
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
+from gateway.errors import KeyMaterialError
 from gateway.metrics import Metrics, MetricsAuditSink
 from gateway.policy.enforcer import ApiOperations, Enforcer
 from gateway.proxy.listener import GatewayServer
@@ -148,6 +152,10 @@ class Gateway:
             await runner.cleanup()
         self.runners.clear()
 
+    def reload_keys(self) -> bool:
+        """Reload the key ring from the configured key source; see ``reload_key_ring``."""
+        return reload_key_ring(self.config, self.vault)
+
     async def stop(self) -> None:
         logger.info("stopping; finishing requests in flight")
         await self._stop_listeners()
@@ -158,13 +166,42 @@ class Gateway:
         logger.info("stopped")
 
 
+def reload_key_ring(config: Config, vault: Vault) -> bool:
+    """Load the key ring again from ``config.keys`` and swap it into ``vault``; return success.
+
+    Requests in flight finish with the ring they started with. When the new ring fails to load,
+    or has another index key, the running ring stays in place and the error is logged.
+    """
+    # NOTE: with keys.development on and the key file gone, load_key_ring writes a new
+    # development key file. Its index key differs, so the reload fails, but the file stays.
+    running = vault.key_ring
+    try:
+        key_ring = load_key_ring(config.keys, base_dir=config.source.parent)
+        vault.use_key_ring(key_ring)
+    except (KeyMaterialError, OSError) as error:
+        logger.error(
+            "key reload failed, so the gateway keeps master key versions %s with primary "
+            "version %d: %s",
+            ", ".join(str(version) for version in running.versions),
+            running.primary_version,
+            error,
+        )
+        return False
+    logger.info(
+        "reloaded the key ring; new records are sealed under master key version %d",
+        key_ring.primary_version,
+    )
+    return True
+
+
 async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    """Run until SIGINT or SIGTERM, then stop gracefully; reload the keys on SIGHUP."""
     gateway = await Gateway.start(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_keys)
     try:
         await stop.wait()
     finally:
