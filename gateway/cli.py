@@ -1,4 +1,5 @@
-"""The ``vaultgate`` command: run, check, and keys generate."""
+"""The ``vaultgate`` command: run, check, keys (generate, rotate, reencrypt, status, retire) and
+audit verify."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
+from gateway.audit import cli as audit_cli
 from gateway.config.loader import load_config
 from gateway.config.model import LoggingConfig
-from gateway.errors import ConfigError, KeyMaterialError, StoreUnavailableError
+from gateway.errors import (
+    AuditUnavailableError,
+    ConfigError,
+    KeyMaterialError,
+    StoreUnavailableError,
+)
 from gateway.logs import configure_logging
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
+from gateway.tokens.keys_cli import register as register_key_rotation_commands
 
 logger = logging.getLogger("gateway.server")
 
@@ -67,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         help="mark the key as a development key, refused outside development",
     )
     generate.set_defaults(command_function=_keys_generate)
+    register_key_rotation_commands(key_commands)
+    audit_cli.register(commands)
     return parser
 
 
@@ -118,7 +128,7 @@ def _run(arguments: argparse.Namespace) -> int:
     configure_logging(config.logging)
     try:
         asyncio.run(serve(config))
-    except (KeyMaterialError, StoreUnavailableError, ConfigError) as error:
+    except (KeyMaterialError, StoreUnavailableError, AuditUnavailableError, ConfigError) as error:
         logger.error("not started: %s", error)
         return 1
     except OSError as error:

@@ -7,6 +7,7 @@ aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``
     VaultgateError
     ├── ConfigError                  bad configuration, route or key file (with file and line)
     ├── KeyMaterialError             master keys missing, malformed or not allowed here
+    │   └── KeyRotationError         a rotation step is rejected, such as retiring a used key
     ├── MessageError                 a message cannot be processed; never forwarded as it came
     │   ├── NotFoundError            404 no connection is mounted at the path
     │   ├── RouteNotMatchedError     404 the connection rejects requests that match no route
@@ -77,6 +78,10 @@ class ConfigError(VaultgateError):
 
 class KeyMaterialError(VaultgateError):
     """Master keys are missing, malformed, or a development key is used outside development."""
+
+
+class KeyRotationError(KeyMaterialError):
+    """A key rotation step was rejected or failed. The message gives the reason and what to run."""
 
 
 class StoreError(VaultgateError):

@@ -1,7 +1,8 @@
 """Logging set-up: named loggers under ``gateway``, as text lines or JSON objects on stderr.
 
 The loggers are ``gateway.access`` (one line per request), ``gateway.proxy`` (rejections and
-relay faults), ``gateway.store``, ``gateway.keys``, ``gateway.config`` and ``gateway.server``.
+relay faults), ``gateway.store``, ``gateway.keys``, ``gateway.config``, ``gateway.audit`` (the
+audit log's start, end of chain at stop, and write failures) and ``gateway.server``.
 No code path logs a field value, a token or a key.
 """
 

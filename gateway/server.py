@@ -1,4 +1,7 @@
-"""Start and stop a gateway: keys, store, vault, policy, audit, and its listeners."""
+"""Start and stop a gateway: keys, store, vault, policy, audit, and its listeners.
+
+A running gateway reloads its key file on SIGHUP, which is how it picks up a rotated key.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ from aiohttp import web
 
 from gateway.api.app import create_api_app
 from gateway.audit.events import AuditSink, FanOutAuditSink
+from gateway.audit.log import AuditLog
+from gateway.audit.writer import open_audit_log
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
+from gateway.errors import KeyMaterialError
 from gateway.functions.pool import FunctionPool, start_pool
 from gateway.functions.reload import reload_routes
 from gateway.metrics import Metrics, MetricsAuditSink
@@ -38,6 +44,7 @@ class Gateway:
     vault: Vault
     upstream: UpstreamClient
     metrics: Metrics
+    audit_log: AuditLog | None = None
     runners: list[web.BaseRunner] = field(default_factory=list)
     reverse_address: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
     admin_address: Address | None = None
@@ -58,6 +65,13 @@ class Gateway:
                 logger.warning("store durability: %s", warning)
             vault = Vault(store, key_ring)
             await vault.check_key_ring()
+            audit_log = await open_audit_log(
+                config.audit, key_ring.audit_key, redis_timeout=config.limits.store_timeout
+            )
+            if audit_log is not None:
+                cleanup.push_async_callback(audit_log.close)
+            else:
+                logger.warning("the audit trail is off (audit.enabled: false)")
 
             upstream = UpstreamClient(config.limits)
             await upstream.start()
@@ -68,7 +82,7 @@ class Gateway:
                 cleanup.push_async_callback(functions.stop)
 
             metrics = Metrics()
-            gateway = cls(config, store, vault, upstream, metrics)
+            gateway = cls(config, store, vault, upstream, metrics, audit_log)
             enforcer = Enforcer(vault, config.policy, gateway._audit_sink(), config.limits)
             cleanup.push_async_callback(gateway._stop_listeners)
             await gateway._start_listeners(enforcer, functions)
@@ -78,8 +92,11 @@ class Gateway:
         return gateway
 
     def _audit_sink(self) -> AuditSink:
-        # TODO: add the audit trail file and stream sinks here once they exist.
-        return FanOutAuditSink([MetricsAuditSink(self.metrics)])
+        # The trail comes first: metrics count only what was recorded.
+        sinks: list[AuditSink] = [MetricsAuditSink(self.metrics)]
+        if self.audit_log is not None:
+            sinks.insert(0, self.audit_log)
+        return FanOutAuditSink(sinks)
 
     async def _start_listeners(self, enforcer: Enforcer, functions: FunctionPool | None) -> None:
         config = self.config
@@ -144,24 +161,58 @@ class Gateway:
             await runner.cleanup()
         self.runners.clear()
 
+    def reload_keys(self) -> bool:
+        """Reload the key ring from the configured key source; see ``reload_key_ring``."""
+        return reload_key_ring(self.config, self.vault)
+
     async def stop(self) -> None:
         logger.info("stopping; finishing requests in flight")
         await self._stop_listeners()
         if self.proxy is not None and self.proxy.functions is not None:
             await self.proxy.functions.stop()
         await self.upstream.close()
+        if self.audit_log is not None:
+            await self.audit_log.close()
         await self.store.close()
         logger.info("stopped")
 
 
+def reload_key_ring(config: Config, vault: Vault) -> bool:
+    """Load the key ring again from ``config.keys`` and swap it into ``vault``; return success.
+
+    Requests in flight finish with the ring they started with. When the new ring fails to load,
+    or has another index key, the running ring stays in place and the error is logged.
+    """
+    # NOTE: with keys.development on and the key file gone, load_key_ring writes a new
+    # development key file. Its index key differs, so the reload fails, but the file stays.
+    running = vault.key_ring
+    try:
+        key_ring = load_key_ring(config.keys, base_dir=config.source.parent)
+        vault.use_key_ring(key_ring)
+    except (KeyMaterialError, OSError) as error:
+        logger.error(
+            "key reload failed, so the gateway keeps master key versions %s with primary "
+            "version %d: %s",
+            ", ".join(str(version) for version in running.versions),
+            running.primary_version,
+            error,
+        )
+        return False
+    logger.info(
+        "reloaded the key ring; new records are sealed under master key version %d",
+        key_ring.primary_version,
+    )
+    return True
+
+
 async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    """Run until SIGINT or SIGTERM, then stop gracefully; reload keys and routes on SIGHUP."""
     gateway = await Gateway.start(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    reloads = _reload_routes_on_sighup(loop, gateway)
+    reloads = _reload_on_sighup(loop, gateway)
     try:
         await stop.wait()
     finally:
@@ -170,13 +221,16 @@ async def serve(config: Config) -> None:
         await gateway.stop()
 
 
-def _reload_routes_on_sighup(
-    loop: asyncio.AbstractEventLoop, gateway: Gateway
-) -> set[asyncio.Task[bool]]:
-    """Reload route files and function modules on SIGHUP; return the set of running reloads."""
+def _reload_on_sighup(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> set[asyncio.Task[bool]]:
+    """Reload the key ring, then route files and function modules, on each SIGHUP.
+
+    Returns the set of route reloads still running. One handler does both, because the event
+    loop keeps only the last handler registered for a signal.
+    """
     reloads: set[asyncio.Task[bool]] = set()
 
     def start_reload() -> None:
+        gateway.reload_keys()
         logger.info("SIGHUP received: reloading route files and function modules")
         task = loop.create_task(reload_routes(gateway))
         reloads.add(task)

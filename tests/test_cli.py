@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store.sqlite import SqliteStore
 from gateway.tokens.keys import parse_key_file
+from gateway.tokens.rotation import add_primary_key
 from tests.logcapture import remember_sensitive, subprocess_log_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +128,8 @@ def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             "VAULTGATE_LISTEN": f"127.0.0.1:{port}",
             "VAULTGATE_STORE": f"sqlite:///{tmp_path / 'tokens.db'}",
             "VAULTGATE_KEY_FILE": str(tmp_path / "keys.yaml"),
+            "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
+            "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
             "APP_UPSTREAM": "http://127.0.0.1:9",
         }
     )
@@ -172,3 +177,86 @@ def wait_for_status(url: str, *, deadline: float) -> int:
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
     pytest.fail(f"the gateway did not answer at {url} within {deadline} s")
+
+
+def wait_for_log(path: Path, text: str, *, deadline: float) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if text in path.read_text():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{text!r} did not appear in {path} within {deadline} s")
+
+
+def post_checkout(port: int, pan: str) -> int:
+    """Post a card to the checkout route and return the status; 502 means it was tokenized."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/checkout",
+        data=json.dumps({"card": {"number": pan}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310
+    caught.value.close()
+    return caught.value.code
+
+
+def test_run_reloads_keys_on_sighup(tmp_path: Path) -> None:
+    port = free_port()
+    key_file = tmp_path / "keys.yaml"
+    key_file.write_text(vaultgate("keys", "generate").stdout)
+    key_file.chmod(0o600)
+    log_path = subprocess_log_path("cli-sighup")
+    log_path.write_text("")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VAULTGATE_")}
+    env.update(
+        {
+            "VAULTGATE_LISTEN": f"127.0.0.1:{port}",
+            "VAULTGATE_STORE": f"sqlite:///{tmp_path / 'tokens.db'}",
+            "VAULTGATE_KEY_FILE": str(key_file),
+            "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
+            "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
+            "VAULTGATE_DEVELOPMENT": "false",
+            "APP_UPSTREAM": "http://127.0.0.1:9",
+        }
+    )
+    remember_sensitive("4000056655665556", "5555555555554444", "4242424242424242")
+    with log_path.open("a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", "config.example.yaml"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            wait_for_status(f"http://127.0.0.1:{port}/stripe-nowhere", deadline=30)
+            # No upstream listens on port 9, so a checkout that was tokenized gets status 502.
+            assert post_checkout(port, "4000056655665556") == 502
+
+            add_primary_key(key_file)
+            process.send_signal(signal.SIGHUP)
+            wait_for_log(log_path, "sealed under master key version 2", deadline=30)
+            assert post_checkout(port, "5555555555554444") == 502
+
+            key_file.write_text("format: [")
+            process.send_signal(signal.SIGHUP)
+            wait_for_log(log_path, "key reload failed", deadline=30)
+            assert post_checkout(port, "4242424242424242") == 502
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+
+    output = log_path.read_text()
+    assert "keeps master key versions 1, 2 with primary version 2" in output
+    counts = asyncio.run(count_records(tmp_path / "tokens.db"))
+    # The key-check record and the first card under version 1, the two later cards under 2.
+    assert counts == {1: 2, 2: 2}
+
+
+async def count_records(path: Path) -> dict[int, int]:
+    store = SqliteStore(path, timeout=5.0)
+    try:
+        return await store.count_by_key_version()
+    finally:
+        await store.close()

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from gateway.config.audit import read_audit
 from gateway.config.connections import check_connections, load_connection_file
 from gateway.config.fields import Section
 from gateway.config.model import (
@@ -43,6 +44,7 @@ _SECTIONS = (
     "classes",
     "roles",
     "functions",
+    "audit",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -66,6 +68,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     keys = _keys(root.section("keys"), base_dir)
     limits = _limits(root.section("limits"))
     logging_config = _logging(root.section("logging"))
+    audit = read_audit(root.section("audit"), base_dir, store_url=store.url)
     route_globs = tuple(root.string_list("routes", ["routes/*.yaml"]))
     connections = _connections(route_globs, path, root, problems, environ)
 
@@ -93,6 +96,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         connections=tuple(connections),
         policy=policy,
         functions=functions,
+        audit=audit,
         warnings=tuple(warnings),
     )
 

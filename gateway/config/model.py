@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.config.audit import AuditConfig
 from gateway.engine.routing import Connection
 from gateway.errors import ConfigProblem
 from gateway.functions.config import FunctionsConfig
@@ -83,5 +84,6 @@ class Config:
     connections: tuple[Connection, ...] = ()
     policy: PolicySet = field(default_factory=PolicySet)
     functions: FunctionsConfig = field(default_factory=FunctionsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     warnings: tuple[ConfigProblem, ...] = ()
     """Mistakes that do not stop the gateway, such as a class revealed to no connection."""

@@ -4,8 +4,9 @@ The store never sees a token or a value. It keeps sealed records (see ``gateway.
 under lookup keys, which are keyed hashes of tokens, and deterministic index entries under blind
 indexes, which are keyed hashes of values. A dump of the store therefore lists no usable token.
 
-Every method costs one round trip to the backend, whatever the batch size, and ``put_many``
-returns only after the write is durable (fsync on SQLite, the server's persistence on Redis).
+Every method costs one round trip to the backend, whatever the batch size, and ``put_many`` and
+``replace_many`` return only after the write is durable (fsync on SQLite, the server's
+persistence on Redis).
 """
 
 from __future__ import annotations
@@ -89,6 +90,41 @@ class TokenStore(ABC):
         """Delete the index entries and the records they lead to; return how many records went.
 
         This is erasure by value: the caller computes the blind index of a deterministic value.
+        """
+
+    @abstractmethod
+    async def count_by_key_version(self) -> dict[int, int]:
+        """Return the number of live records sealed under each master key version.
+
+        Versions without live records are left out.
+        """
+
+    @abstractmethod
+    async def scan_records(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[StoredRecord], str | None]:
+        """Return the next live records of a full scan and the cursor to continue from.
+
+        Start with ``cursor`` None and pass each returned cursor back until it is None. A cursor
+        is plain text that stays valid when the caller restarts, so a long scan can be saved and
+        resumed. ``limit`` bounds the work of one call: SQLite returns at most ``limit`` records,
+        while Redis examines about ``limit`` keys and may return fewer records, none, or a few
+        more. A record that lives from the start to the end of the scan is returned at least
+        once (Redis may return it twice). Records written during the scan may be missed, and so
+        may any record when the Redis server restarts during the scan, because each start of
+        Redis orders the keys differently (seen with Redis 7.0). Raises ``ValueError`` for a
+        cursor that this backend did not return.
+        """
+
+    @abstractmethod
+    async def replace_many(self, items: Sequence[tuple[bytes, StoredRecord]]) -> int:
+        """Replace blobs and key versions of records in one atomic step per item.
+
+        Each item is ``(expected blob, new record)``. The live record under the new record's
+        lookup key is replaced only if its blob still equals the expected blob (compare-and-set),
+        and it keeps its expiry and index entry. A record that was deleted, expired or written
+        again since it was read is left as it is, and never written back. Returns how many
+        records were replaced.
         """
 
     @abstractmethod

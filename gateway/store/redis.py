@@ -8,15 +8,21 @@ Keys, with the hex of the store's keyed hashes:
 - ``<prefix>:i:<index key>``: a deterministic index entry. The value is the length of the record
   key name in 1 byte, the record key name, then the sealed token.
 
-Both keys of a record carry the record's expiry through ``PEXPIREAT``. ``put_many`` and
-``delete_many`` are one Lua script call each, so every item is decided and written atomically.
-The scripts reach keys named inside values, which Redis Cluster does not allow.
+Both keys of a record carry the record's expiry through ``PEXPIREAT``. ``put_many``,
+``delete_many`` and ``replace_many`` are one Lua script call each, so every item is decided and
+written atomically. The scripts also keep the counts of records by key version (see
+``gateway.store.redis_scripts``), so that ``count_by_key_version`` needs no scan. The scripts
+reach keys named inside values, which Redis Cluster does not allow.
+
+NOTE: a record key removed by anything but these scripts (eviction, an operator's ``DEL``) stays
+in the counts, so its key version still counts as used and cannot be retired.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
@@ -28,11 +34,21 @@ from redis.backoff import NoBackoff
 
 from gateway.errors import StoreError, StoreUnavailableError
 from gateway.store.base import PutRequest, PutResult, PutStatus, StoredRecord, TokenStore
-from gateway.store.redis_scripts import DELETE_SCRIPT, ERASE_SCRIPT, PUT_SCRIPT
+from gateway.store.redis_scripts import (
+    COUNT_SCRIPT,
+    DELETE_SCRIPT,
+    ERASE_SCRIPT,
+    PUT_SCRIPT,
+    REPLACE_SCRIPT,
+    SCAN_SCRIPT,
+)
 
 logger = logging.getLogger("gateway.store")
 
 _RECORD_HEADER: Final = struct.Struct(">IQB")
+_KEY_VERSION: Final = struct.Struct(">I")
+_MAX_CURSOR: Final = 2**64 - 1
+_GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 _STORED: Final = 1
 _COLLISION: Final = 0
 
@@ -89,6 +105,10 @@ class RedisStore(TokenStore):
         self._put_script = self._client.register_script(PUT_SCRIPT)
         self._delete_script = self._client.register_script(DELETE_SCRIPT)
         self._erase_script = self._client.register_script(ERASE_SCRIPT)
+        self._replace_script = self._client.register_script(REPLACE_SCRIPT)
+        self._count_script = self._client.register_script(COUNT_SCRIPT)
+        self._scan_script = self._client.register_script(SCAN_SCRIPT)
+        self._record_pattern = _GLOB_SPECIAL.sub(r"\\\1", prefix) + ":r:*"
 
     def record_key(self, lookup_key: bytes) -> bytes:
         return f"{self._prefix}:r:{lookup_key.hex()}".encode()
@@ -100,7 +120,7 @@ class RedisStore(TokenStore):
         if not requests:
             return []
         keys: list[bytes] = []
-        arguments: list[bytes | int] = []
+        arguments: list[bytes | int | str] = [self._prefix]
         for request in requests:
             record_key, index_entry_key, record_value, entry_value = self._encode(request)
             keys += [record_key, index_entry_key]
@@ -145,7 +165,7 @@ class RedisStore(TokenStore):
             return 0
         keys = [self.record_key(key) for key in dict.fromkeys(lookup_keys)]
         async with self._mapped_errors("delete_many"):
-            deleted = await self._delete_script(keys=keys)
+            deleted = await self._delete_script(keys=keys, args=[self._prefix])
         return int(deleted)
 
     async def erase_many(self, index_keys: Sequence[bytes]) -> int:
@@ -153,8 +173,43 @@ class RedisStore(TokenStore):
             return 0
         keys = [self.index_entry_key(key) for key in dict.fromkeys(index_keys)]
         async with self._mapped_errors("erase_many"):
-            erased = await self._erase_script(keys=keys)
+            erased = await self._erase_script(keys=keys, args=[self._prefix])
         return int(erased)
+
+    async def replace_many(self, items: Sequence[tuple[bytes, StoredRecord]]) -> int:
+        if not items:
+            return 0
+        keys: list[bytes] = []
+        arguments: list[bytes | str] = [self._prefix]
+        for expected_blob, record in items:
+            keys.append(self.record_key(record.lookup_key))
+            arguments += [expected_blob, _KEY_VERSION.pack(record.key_version), record.blob]
+        async with self._mapped_errors("replace_many"):
+            replaced = await self._replace_script(keys=keys, args=arguments)
+        return int(replaced)
+
+    async def count_by_key_version(self) -> dict[int, int]:
+        async with self._mapped_errors("count_by_key_version"):
+            reply = await self._count_script(keys=[], args=[self._prefix])
+        return {int(reply[i]): int(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def scan_records(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[StoredRecord], str | None]:
+        if limit < 1:
+            raise ValueError(f"scan limit must be at least 1, not {limit}")
+        start = _parse_cursor(cursor)
+        async with self._mapped_errors("scan_records"):
+            reply = await self._scan_script(keys=[], args=[start, self._record_pattern, limit])
+
+        next_cursor = reply[0].decode("ascii")
+        key_prefix_length = len(self._prefix) + len(":r:")
+        records = []
+        for position in range(1, len(reply), 2):
+            lookup_key = _lookup_key_of(reply[position][key_prefix_length:])
+            records.append(_decode_record(lookup_key, reply[position + 1]))
+        # SCAN returns cursor 0 when the iteration is complete.
+        return records, None if next_cursor == "0" else next_cursor
 
     async def ping(self) -> None:
         async with self._mapped_errors("ping"):
@@ -200,6 +255,27 @@ class RedisStore(TokenStore):
 def _expiry_ms(expires_at: float | None) -> int:
     """Return the expiry in Unix milliseconds, with 0 for never (so a real time is at least 1)."""
     return 0 if expires_at is None else max(1, round(expires_at * 1000))
+
+
+def _parse_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit() and int(cursor) <= _MAX_CURSOR):
+        raise ValueError(
+            "invalid scan cursor for a Redis store: expected the decimal SCAN cursor that an "
+            "earlier scan returned"
+        )
+    return int(cursor)
+
+
+def _lookup_key_of(hex_text: bytes) -> bytes:
+    try:
+        return bytes.fromhex(hex_text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise StoreError(
+            "Redis store: a key under the record prefix does not end in a hex lookup key; "
+            "remove keys that the gateway did not write from its prefix"
+        ) from None
 
 
 def _put_result(reply: object) -> PutResult:

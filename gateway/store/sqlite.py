@@ -54,6 +54,18 @@ _UNAVAILABLE_CODES: Final = frozenset(
 
 _LIVE: Final = "(expires_at IS NULL OR expires_at > ?)"
 _COLUMNS: Final = "lookup_key, blob, key_version, expires_at"
+# Only the fixed texts above are formatted into these statements; values are "?" parameters.
+_REPLACE_IF_UNCHANGED: Final = (
+    "UPDATE records SET blob = ?, key_version = ?"  # noqa: S608
+    f" WHERE lookup_key = ? AND blob = ? AND {_LIVE}"
+)
+_COUNT_BY_KEY_VERSION: Final = (
+    f"SELECT key_version, count(*) FROM records WHERE {_LIVE} GROUP BY key_version"  # noqa: S608
+)
+_SCAN_AFTER: Final = (
+    f"SELECT {_COLUMNS} FROM records WHERE lookup_key > ? AND {_LIVE}"  # noqa: S608
+    " ORDER BY lookup_key LIMIT ?"
+)
 
 type WriteFunction = Callable[[sqlite3.Connection, float], Any]
 
@@ -152,6 +164,15 @@ class SqliteStore(TokenStore):
         erased: int = await self._write(lambda connection, now: _erase(connection, now, keys))
         return erased
 
+    async def replace_many(self, items: Sequence[tuple[bytes, StoredRecord]]) -> int:
+        if not items:
+            return 0
+        replacements = list(items)
+        replaced: int = await self._write(
+            lambda connection, now: _replace(connection, now, replacements)
+        )
+        return replaced
+
     async def purge_expired(self) -> int:
         """Delete the expired records and index entries now, and return how many rows went."""
         purged: int = await self._write(purge_expired_rows)
@@ -163,6 +184,22 @@ class SqliteStore(TokenStore):
         keys = list(lookup_keys)
         found: dict[bytes, StoredRecord] = await self._read(lambda c: _select_records(c, keys))
         return [found.get(key) for key in keys]
+
+    async def count_by_key_version(self) -> dict[int, int]:
+        counts: dict[int, int] = await self._read(_count_by_key_version)
+        return counts
+
+    async def scan_records(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[StoredRecord], str | None]:
+        if limit < 1:
+            raise ValueError(f"scan limit must be at least 1, not {limit}")
+        after = _parse_cursor(cursor)
+        records: list[StoredRecord] = await self._read(lambda c: _scan(c, after, limit))
+        # Fewer rows than the limit means the scan reached the end of the table.
+        if len(records) < limit:
+            return records, None
+        return records, records[-1].lookup_key.hex()
 
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1 FROM records LIMIT 1").fetchone())
@@ -392,6 +429,43 @@ def _erase(connection: sqlite3.Connection, now: float, index_keys: list[bytes]) 
         targets += [row[0] for row in connection.execute(select, chunk)]
         connection.execute(f"DELETE FROM index_entries WHERE index_key IN ({keys})", chunk)  # noqa: S608 - as above
     return _delete(connection, now, targets) if targets else 0
+
+
+def _replace(
+    connection: sqlite3.Connection, now: float, items: list[tuple[bytes, StoredRecord]]
+) -> int:
+    replaced = 0
+    for expected_blob, record in items:
+        cursor = connection.execute(
+            _REPLACE_IF_UNCHANGED,
+            (record.blob, record.key_version, record.lookup_key, expected_blob, now),
+        )
+        replaced += cursor.rowcount
+    return replaced
+
+
+def _count_by_key_version(connection: sqlite3.Connection) -> dict[int, int]:
+    rows = connection.execute(_COUNT_BY_KEY_VERSION, (time.time(),))
+    return {int(key_version): int(count) for key_version, count in rows}
+
+
+def _scan(connection: sqlite3.Connection, after: bytes, limit: int) -> list[StoredRecord]:
+    # SQLite compares blobs with memcmp, and the empty blob sorts before every lookup key.
+    rows = connection.execute(_SCAN_AFTER, (after, time.time(), limit))
+    return [StoredRecord(*row) for row in rows]
+
+
+def _parse_cursor(cursor: str | None) -> bytes:
+    """Return the lookup key a SQLite scan cursor names, or an empty string to start."""
+    if cursor is None:
+        return b""
+    try:
+        return bytes.fromhex(cursor)
+    except ValueError:
+        raise ValueError(
+            "invalid scan cursor for a SQLite store: expected the hex lookup key that an earlier "
+            "scan returned"
+        ) from None
 
 
 def _select_records(

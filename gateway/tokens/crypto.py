@@ -2,10 +2,10 @@
 
 Every primitive comes from ``cryptography``: HKDF-SHA256, HMAC-SHA256 and AES-256-GCM.
 
-Record blob, layout version 1 (integers unsigned big-endian)::
+Record blob, layout version 2 (integers unsigned big-endian)::
 
     offset    size  field
-    0         1     layout version, 1
+    0         1     layout version, 2
     1         4     master key version
     5         16    salt, random per record
     21        12    AES-GCM nonce, random per record
@@ -20,9 +20,15 @@ Record blob, layout version 1 (integers unsigned big-endian)::
 
 Everything before the ciphertext is the header. The record key is
 ``HKDF-SHA256(ikm=master key of that version, salt=salt, info=RECORD_KEY_LABEL)``, 32 bytes.
-The associated data is ``frame(RECORD_DOMAIN) + frame(token) + header``, where ``frame(x)`` is
-the 4-byte length of ``x`` followed by ``x``. So a blob opens only for the token it was sealed
-for, and its metadata and key version cannot be changed without failing authentication.
+The associated data is ``frame(RECORD_DOMAIN) + frame(lookup key) + header``, where
+``frame(x)`` is the 4-byte length of ``x`` followed by ``x`` and the lookup key is the store key
+of the record (``RecordCipher.lookup_key`` of its token). So a blob opens only in the store row
+it was sealed for, and its metadata and key version cannot be changed without failing
+authentication. Binding the lookup key rather than the token lets re-encryption reseal a record
+from its store row alone, without the token, which the store never holds.
+
+Layout version 1 bound the token itself. Only development versions of vaultgate wrote it, and
+opening such a blob raises ``ObsoleteRecordLayoutError``.
 
 Sealed token of a deterministic index entry, layout version 1::
 
@@ -52,10 +58,12 @@ from gateway.errors import KeyMaterialError, StoreError
 from gateway.tokens.keys import KeyRing
 from gateway.tokens.record import RecordMetadata, ValueType
 
-RECORD_LAYOUT: Final = 1
+RECORD_LAYOUT: Final = 2
+OBSOLETE_RECORD_LAYOUTS: Final = frozenset({1})
+"""Record layouts that earlier development versions wrote and this version cannot open."""
 SEALED_TOKEN_LAYOUT: Final = 1
 RECORD_KEY_LABEL: Final = b"vaultgate record key v1"
-RECORD_DOMAIN: Final = b"vaultgate record v1"
+RECORD_DOMAIN: Final = b"vaultgate record v2"
 INDEX_ENTRY_DOMAIN: Final = b"vaultgate index entry v1"
 
 SALT_BYTES: Final = 16
@@ -69,12 +77,18 @@ _VALUE_TYPE_CODES: Final = {ValueType.STRING: 1, ValueType.NUMBER: 2}
 _VALUE_TYPES_BY_CODE: Final = {code: value_type for value_type, code in _VALUE_TYPE_CODES.items()}
 
 
-class TamperedBlobError(StoreError):
-    """A sealed record or token failed to open because it was changed, truncated, moved to another
-    token or index entry, or sealed under a master key that the key ring does not have.
+class SealedBlobError(StoreError):
+    """A sealed record or token failed to open. The message gives the reason and never any part
+    of the blob."""
 
-    The message gives the reason and never any part of the blob.
-    """
+
+class TamperedBlobError(SealedBlobError):
+    """A sealed record or token failed to open because it was changed, truncated, moved to another
+    store row or index entry, or sealed under a master key that the key ring does not have."""
+
+
+class ObsoleteRecordLayoutError(SealedBlobError):
+    """A record blob has a layout that only an earlier development version of vaultgate wrote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +122,28 @@ class RecordCipher:
         message = _frame(class_name.encode()) + _frame(format.encode()) + _frame(value.encode())
         return _hmac(self._key_ring.blind_index_secret.reveal(), message)
 
-    def seal_record(self, token: str, value: str, metadata: RecordMetadata) -> bytes:
-        """Encrypt ``value`` under the primary master key, bound to ``token`` and ``metadata``."""
+    @property
+    def key_ring(self) -> KeyRing:
+        return self._key_ring
+
+    def seal_record(self, lookup_key: bytes, value: str, metadata: RecordMetadata) -> bytes:
+        """Encrypt ``value`` under the primary master key, bound to the store row ``lookup_key``
+        and to ``metadata``."""
         key_version = self._key_ring.primary_version
         salt = self._random_bytes(SALT_BYTES)
         nonce = self._random_bytes(NONCE_BYTES)
         header = _record_header(key_version, salt, nonce, metadata)
 
         record_key = self._record_key(key_version, salt)
-        ciphertext = AESGCM(record_key).encrypt(nonce, value.encode(), _record_aad(token, header))
+        associated_data = _record_aad(lookup_key, header)
+        ciphertext = AESGCM(record_key).encrypt(nonce, value.encode(), associated_data)
         return header + ciphertext
 
-    def open_record(self, token: str, blob: bytes) -> OpenedRecord:
-        """Decrypt a record blob sealed for ``token``, or raise ``TamperedBlobError``."""
+    def open_record(self, lookup_key: bytes, blob: bytes) -> OpenedRecord:
+        """Decrypt a record blob sealed for the store row ``lookup_key``.
+
+        Raises ``TamperedBlobError``, or ``ObsoleteRecordLayoutError`` for a blob of layout 1.
+        """
         key_version, salt, nonce, metadata, header_length = _parse_record_header(blob)
         try:
             record_key = self._record_key(key_version, salt)
@@ -133,11 +156,17 @@ class RecordCipher:
         header = blob[:header_length]
         try:
             plaintext = AESGCM(record_key).decrypt(
-                nonce, blob[header_length:], _record_aad(token, header)
+                nonce, blob[header_length:], _record_aad(lookup_key, header)
             )
         except InvalidTag:
             raise TamperedBlobError("record failed authentication") from None
         return OpenedRecord(_decode(plaintext, "record value"), metadata, key_version)
+
+    def reseal_record(self, lookup_key: bytes, blob: bytes) -> bytes:
+        """Decrypt a record blob and seal its value and metadata again under the primary master
+        key, for the same store row. Raises as ``open_record`` does."""
+        opened = self.open_record(lookup_key, blob)
+        return self.seal_record(lookup_key, opened.value, opened.metadata)
 
     def seal_token(self, token: str, index_key: bytes) -> bytes:
         """Encrypt ``token`` for the deterministic index entry ``index_key``."""
@@ -187,8 +216,8 @@ def _frame(part: bytes) -> bytes:
     return struct.pack(">I", len(part)) + part
 
 
-def _record_aad(token: str, header: bytes) -> bytes:
-    return _frame(RECORD_DOMAIN) + _frame(token.encode()) + header
+def _record_aad(lookup_key: bytes, header: bytes) -> bytes:
+    return _frame(RECORD_DOMAIN) + _frame(lookup_key) + header
 
 
 def _index_entry_aad(index_key: bytes) -> bytes:
@@ -224,6 +253,12 @@ def _parse_record_header(blob: bytes) -> tuple[int, bytes, bytes, RecordMetadata
     layout, key_version, salt, nonce, created_ms, expires_ms, type_code = _FIXED_HEADER.unpack_from(
         blob
     )
+    if layout in OBSOLETE_RECORD_LAYOUTS:
+        raise ObsoleteRecordLayoutError(
+            f"record has layout version {layout}, which only earlier development versions of "
+            f"vaultgate wrote; this version reads layout {RECORD_LAYOUT} only, so tokenize the "
+            "values again into an empty store"
+        )
     if layout != RECORD_LAYOUT:
         raise TamperedBlobError(f"unknown record layout version {layout}")
     value_type = _VALUE_TYPES_BY_CODE.get(type_code)

@@ -16,7 +16,9 @@ open. Re-encryption can then find the records of an old version by their ``key_v
 
 The index key never rotates. The lookup secret (token to store key) and the blind-index secret
 (value to deterministic index entry) are derived from it with HKDF-SHA256 under distinct labels,
-so deterministic tokens and lookups survive a master-key rotation.
+so deterministic tokens and lookups survive a master-key rotation. The audit key, which signs the
+chain of audit records, is derived the same way, so an audit file stays verifiable after a
+rotation too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ GENERATE_COMMAND: Final = "vaultgate keys generate > keys.yaml"
 LOOKUP_LABEL: Final = b"vaultgate lookup key v1"
 BLIND_INDEX_LABEL: Final = b"vaultgate blind index v1"
 TOKEN_SEAL_LABEL: Final = b"vaultgate index entry seal v1"
+AUDIT_LABEL: Final = b"vaultgate audit record mac v1"
 
 _FIELDS: Final = frozenset({"format", "development", "primary", "index_key", "master_keys"})
 _MASTER_KEY_FIELDS: Final = frozenset({"version", "key", "created"})
@@ -98,6 +101,7 @@ class KeyRing:
         self.lookup_secret = Secret(_derive(index_key, LOOKUP_LABEL))
         self.blind_index_secret = Secret(_derive(index_key, BLIND_INDEX_LABEL))
         self.token_seal_key = Secret(_derive(index_key, TOKEN_SEAL_LABEL))
+        self.audit_key = Secret(_derive(index_key, AUDIT_LABEL))
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -122,17 +126,21 @@ def _derive(index_key: bytes, label: bytes) -> bytes:
     )
 
 
-def load_key_ring(config: KeysConfig, *, base_dir: Path) -> KeyRing:
+def load_key_ring(config: KeysConfig, *, base_dir: Path, generate_missing: bool = True) -> KeyRing:
     """Load the key ring from the environment variable or key file that ``config`` names.
 
     The environment variable, when set, wins over the file. A relative ``config.file`` is
     relative to ``base_dir``. With ``config.development`` on and no key anywhere, a development
-    key file is generated there. Raises ``KeyMaterialError`` when no key is found outside
-    development, when a development key is used outside development, or when the key is malformed.
+    key file is generated there, unless ``generate_missing`` is false: tools that only read
+    existing data pass false, because a new key cannot open anything. Raises
+    ``KeyMaterialError`` when no key is found outside development, when a development key is
+    used outside development, or when the key is malformed.
     """
     path = _resolve(config.file, base_dir)
     text, source = _read_configured_key(config, path)
 
+    if text is None and not generate_missing:
+        raise KeyMaterialError(f"no master key found: {_where(config, path)}")
     if text is None:
         if not config.development:
             raise KeyMaterialError(

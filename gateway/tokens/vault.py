@@ -25,7 +25,9 @@ from gateway.errors import (
 from gateway.store.base import PutRequest, PutResult, PutStatus, StoredRecord, TokenStore
 from gateway.tokens.crypto import (
     MAX_NAME_BYTES,
+    ObsoleteRecordLayoutError,
     RecordCipher,
+    SealedBlobError,
     TamperedBlobError,
     fingerprint,
     read_key_version,
@@ -49,7 +51,8 @@ _UNKNOWN_OR_EXPIRED: Final = "unknown or expired token"
 KEY_CHECK_LOOKUP_KEY: Final = bytes(32)
 """Store key of the key-check record. No token maps to it: a lookup key is an HMAC-SHA256
 output, which is all zero bytes with probability 2**-256."""
-_KEY_CHECK_TOKEN: Final = "vaultgate key check"  # noqa: S105 (a fixed label, not a secret)
+_KEY_CHECK_TEXT: Final = "vaultgate key check"
+"""Fixed text whose lookup key the key-check record holds, so that it depends on the index key."""
 _KEY_CHECK_CLASS: Final = "vaultgate.key_check"
 
 
@@ -100,6 +103,9 @@ class Vault:
 
     ``clock`` returns the current Unix time in seconds. It sets ``created_at`` and expiry times,
     and detokenize compares expiry times with it, so tests can move time forward.
+
+    ``use_key_ring`` swaps the key ring while calls are running. Each call uses the ring that was
+    current when it started, from start to end.
     """
 
     def __init__(
@@ -115,6 +121,25 @@ class Vault:
         self._clock = clock
         self._max_attempts = max_attempts
 
+    @property
+    def key_ring(self) -> KeyRing:
+        return self._cipher.key_ring
+
+    def use_key_ring(self, key_ring: KeyRing) -> None:
+        """Seal new records under ``key_ring`` and open records with it from the next call on.
+
+        Raises ``KeyMaterialError``, and keeps the current ring, when ``key_ring`` has another
+        index key: every existing token would then map to another store key and fail to
+        detokenize. Only master keys may change, which is what rotation and retirement do.
+        """
+        current = self._cipher.key_ring
+        if not current.lookup_secret.matches(key_ring.lookup_secret.reveal()):
+            raise KeyMaterialError(
+                "the new key ring has another index key, so no existing token would detokenize; "
+                "keep the index key and change only master keys"
+            )
+        self._cipher = RecordCipher(key_ring)
+
     async def check_key_ring(self) -> None:
         """Make sure the store's records were sealed with this key ring; mark a new store.
 
@@ -123,7 +148,8 @@ class Vault:
         starts open that record. Raises ``KeyMaterialError`` when it does not open, because
         every existing token would then fail to detokenize.
         """
-        expected = self._cipher.lookup_key(_KEY_CHECK_TOKEN).hex()
+        cipher = self._cipher
+        expected = cipher.lookup_key(_KEY_CHECK_TEXT).hex()
         [record] = await self._store.get_many([KEY_CHECK_LOOKUP_KEY])
         if record is None:
             metadata = RecordMetadata(
@@ -133,7 +159,7 @@ class Vault:
                 created_at_ms=self._now_ms(),
                 expires_at_ms=None,
             )
-            blob = self._cipher.seal_record(_KEY_CHECK_TOKEN, expected, metadata)
+            blob = cipher.seal_record(KEY_CHECK_LOOKUP_KEY, expected, metadata)
             stored = StoredRecord(KEY_CHECK_LOOKUP_KEY, blob, read_key_version(blob), None)
             [result] = await self._store.put_many([PutRequest(stored)])
             if result.status is PutStatus.STORED:
@@ -145,7 +171,12 @@ class Vault:
                 raise StoreError("the key-check record vanished while it was written")
 
         try:
-            opened = self._cipher.open_record(_KEY_CHECK_TOKEN, record.blob)
+            opened = cipher.open_record(KEY_CHECK_LOOKUP_KEY, record.blob)
+        except ObsoleteRecordLayoutError as exc:
+            raise KeyMaterialError(
+                f"the token store was written by an earlier development version of vaultgate "
+                f"({exc}); start with an empty store"
+            ) from None
         except TamperedBlobError:
             opened = None
         if opened is None or opened.value != expected:
@@ -162,12 +193,13 @@ class Vault:
         ``TokenSpaceExhaustedError`` when no free token of a format and length is found.
         A token is returned only after its record is durably written.
         """
+        cipher = self._cipher
         results: list[str | InvalidValueError | None] = [None] * len(items)
         now_ms = self._now_ms()
         pending: list[_PendingItem] = []
         for position, item in enumerate(items):
             try:
-                pending.append(self._prepare(position, item, now_ms))
+                pending.append(self._prepare(cipher, position, item, now_ms))
             except InvalidValueError as error:
                 results[position] = error
 
@@ -181,7 +213,7 @@ class Vault:
                     attempt,
                     self._max_attempts,
                 )
-            pending = await self._put_round(pending, results)
+            pending = await self._put_round(cipher, pending, results)
 
         if pending:
             # NOTE: the records already stored for other items of this batch stay in the store
@@ -192,12 +224,16 @@ class Vault:
         return cast(list[str | InvalidValueError], results)
 
     async def _put_round(
-        self, pending: list[_PendingItem], results: list[str | InvalidValueError | None]
+        self,
+        cipher: RecordCipher,
+        pending: list[_PendingItem],
+        results: list[str | InvalidValueError | None],
     ) -> list[_PendingItem]:
         """Write one round of new tokens, fill in ``results`` and return the items that collided."""
         for item in pending:
             item.token = item.token_format.generate(item.value)
-        put_results = await self._store.put_many([self._put_request(item) for item in pending])
+        requests = [_put_request(cipher, item) for item in pending]
+        put_results = await self._store.put_many(requests)
         if len(put_results) != len(pending):
             raise StoreError(
                 f"internal error: the store returned {len(put_results)} results for "
@@ -209,12 +245,14 @@ class Vault:
             if put_result.status is PutStatus.STORED:
                 results[item.position] = item.token
             elif put_result.status is PutStatus.EXISTING:
-                results[item.position] = self._open_existing(item, put_result)
+                results[item.position] = _open_existing(cipher, item, put_result)
             else:
                 collided.append(item)
         return collided
 
-    def _prepare(self, position: int, item: TokenizeItem, now_ms: int) -> _PendingItem:
+    def _prepare(
+        self, cipher: RecordCipher, position: int, item: TokenizeItem, now_ms: int
+    ) -> _PendingItem:
         """Validate an item and compute what does not change between collision rounds."""
         try:
             token_format = get_format(item.format)
@@ -237,31 +275,8 @@ class Vault:
 
         index_key = None
         if item.deterministic:
-            index_key = self._cipher.blind_index(class_name, token_format.name, item.value)
+            index_key = cipher.blind_index(class_name, token_format.name, item.value)
         return _PendingItem(position, item.value, token_format, metadata, index_key)
-
-    def _put_request(self, item: _PendingItem) -> PutRequest:
-        blob = self._cipher.seal_record(item.token, item.value, item.metadata)
-        record = StoredRecord(
-            lookup_key=self._cipher.lookup_key(item.token),
-            blob=blob,
-            key_version=read_key_version(blob),
-            expires_at=item.metadata.expires_at,
-        )
-        if item.index_key is None:
-            return PutRequest(record)
-        sealed_token = self._cipher.seal_token(item.token, item.index_key)
-        return PutRequest(record, index_key=item.index_key, sealed_token=sealed_token)
-
-    def _open_existing(self, item: _PendingItem, put_result: PutResult) -> str:
-        """Return the token of the index entry that the store found for a deterministic item."""
-        if put_result.sealed_token is None or item.index_key is None:
-            raise StoreError("store reported an existing index entry but returned no sealed token")
-        try:
-            return self._cipher.open_token(put_result.sealed_token, item.index_key)
-        except TamperedBlobError as exc:
-            logger.error("index entry %s failed to open: %s", fingerprint(item.index_key), exc)
-            raise StoreError("a deterministic index entry in the store failed to open") from None
 
     async def detokenize_many(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
         """Return the original of each token, or an error for unknown, expired or malformed ones.
@@ -271,48 +286,28 @@ class Vault:
         on ``gateway.store`` under its fingerprint and reported as an invalid token.
         Raises ``StoreUnavailableError`` when the store cannot be reached.
         """
+        cipher = self._cipher
         results: list[Revealed | InvalidTokenError | None] = [None] * len(tokens)
-        lookups: list[tuple[int, str, bytes]] = []
+        lookups: list[tuple[int, bytes]] = []
         for position, token in enumerate(tokens):
             problem = _malformed_token_reason(token)
             if problem is not None:
                 results[position] = InvalidTokenError(f"malformed token: {problem}")
             else:
-                lookups.append((position, token, self._cipher.lookup_key(token)))
+                lookups.append((position, cipher.lookup_key(token)))
 
         if lookups:
-            records = await self._store.get_many([lookup_key for _, _, lookup_key in lookups])
+            records = await self._store.get_many([lookup_key for _, lookup_key in lookups])
             if len(records) != len(lookups):
                 raise StoreError(
                     f"internal error: the store returned {len(records)} records for "
                     f"{len(lookups)} keys"
                 )
             now_ms = self._now_ms()
-            for (position, token, lookup_key), record in zip(lookups, records, strict=True):
-                results[position] = self._reveal(token, lookup_key, record, now_ms)
+            for (position, lookup_key), record in zip(lookups, records, strict=True):
+                results[position] = _reveal(cipher, lookup_key, record, now_ms)
         # Every position now has a revealed value or an error.
         return cast(list[Revealed | InvalidTokenError], results)
-
-    def _reveal(
-        self, token: str, lookup_key: bytes, record: StoredRecord | None, now_ms: int
-    ) -> Revealed | InvalidTokenError:
-        if record is None:
-            return InvalidTokenError(_UNKNOWN_OR_EXPIRED)
-        try:
-            opened = self._cipher.open_record(token, record.blob)
-        except TamperedBlobError as exc:
-            logger.error("token record %s failed to open: %s", fingerprint(lookup_key), exc)
-            return InvalidTokenError("token record failed its integrity check")
-
-        # The sealed expiry decides, because the store's own expiry column is not authenticated.
-        if opened.metadata.is_expired(now_ms):
-            return InvalidTokenError(_UNKNOWN_OR_EXPIRED)
-        return Revealed(
-            value=opened.value,
-            value_type=opened.metadata.value_type,
-            format=opened.metadata.format,
-            class_name=opened.metadata.class_name,
-        )
 
     def fingerprint(self, token: str) -> str:
         """Return the keyed fingerprint that names a token in logs and audit records."""
@@ -337,6 +332,54 @@ class Vault:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+def _put_request(cipher: RecordCipher, item: _PendingItem) -> PutRequest:
+    lookup_key = cipher.lookup_key(item.token)
+    blob = cipher.seal_record(lookup_key, item.value, item.metadata)
+    record = StoredRecord(
+        lookup_key=lookup_key,
+        blob=blob,
+        key_version=read_key_version(blob),
+        expires_at=item.metadata.expires_at,
+    )
+    if item.index_key is None:
+        return PutRequest(record)
+    sealed_token = cipher.seal_token(item.token, item.index_key)
+    return PutRequest(record, index_key=item.index_key, sealed_token=sealed_token)
+
+
+def _open_existing(cipher: RecordCipher, item: _PendingItem, put_result: PutResult) -> str:
+    """Return the token of the index entry that the store found for a deterministic item."""
+    if put_result.sealed_token is None or item.index_key is None:
+        raise StoreError("store reported an existing index entry but returned no sealed token")
+    try:
+        return cipher.open_token(put_result.sealed_token, item.index_key)
+    except TamperedBlobError as exc:
+        logger.error("index entry %s failed to open: %s", fingerprint(item.index_key), exc)
+        raise StoreError("a deterministic index entry in the store failed to open") from None
+
+
+def _reveal(
+    cipher: RecordCipher, lookup_key: bytes, record: StoredRecord | None, now_ms: int
+) -> Revealed | InvalidTokenError:
+    if record is None:
+        return InvalidTokenError(_UNKNOWN_OR_EXPIRED)
+    try:
+        opened = cipher.open_record(lookup_key, record.blob)
+    except SealedBlobError as exc:
+        logger.error("token record %s failed to open: %s", fingerprint(lookup_key), exc)
+        return InvalidTokenError("token record failed its integrity check")
+
+    # The sealed expiry decides, because the store's own expiry column is not authenticated.
+    if opened.metadata.is_expired(now_ms):
+        return InvalidTokenError(_UNKNOWN_OR_EXPIRED)
+    return Revealed(
+        value=opened.value,
+        value_type=opened.metadata.value_type,
+        format=opened.metadata.format,
+        class_name=opened.metadata.class_name,
+    )
 
 
 def _expires_at_ms(ttl: float | None, now_ms: int) -> int | None:

@@ -90,6 +90,8 @@ async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
         "VAULTGATE_LISTEN": "127.0.0.1:0",
         "VAULTGATE_STORE": f"sqlite:///{tmp_path / 'tokens.db'}",
         "VAULTGATE_KEY_FILE": str(tmp_path / "keys.yaml"),
+        "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
+        "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
         "APP_UPSTREAM": backend.url,
         "STRIPE_API_BASE": stripe_upstream.url,
         "ADYEN_CHECKOUT_BASE": adyen_upstream.url,

@@ -53,6 +53,7 @@ async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
         "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
         "VAULTGATE_STORE": f"sqlite:///{tmp_path / 'tokens.db'}",
         "VAULTGATE_KEY_FILE": str(tmp_path / "keys.yaml"),
+        "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
         "APP_UPSTREAM": upstreams["backend"].url,
         "STRIPE_API_BASE": upstreams["stripe"].url,
         "ADYEN_CHECKOUT_BASE": upstreams["adyen"].url,

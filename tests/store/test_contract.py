@@ -276,3 +276,220 @@ async def test_close_twice(backend: StoreBackend) -> None:
 
     await store.close()
     await store.close()
+
+
+async def scan_all(store: TokenStore, limit: int) -> tuple[list[StoredRecord], int]:
+    """Return every record a full scan returns, and how many calls it took."""
+    found: list[StoredRecord] = []
+    cursor: str | None = None
+    calls = 0
+    while True:
+        batch, cursor = await store.scan_records(cursor, limit)
+        calls += 1
+        found += batch
+        if cursor is None:
+            return found, calls
+
+
+async def test_count_by_key_version(store: TokenStore) -> None:
+    records = [
+        record(key_version=1),
+        record(key_version=1, expires_at=in_ms(3600)),
+        record(key_version=1),
+        record(key_version=2, expires_at=in_ms(3600)),
+        record(key_version=2),
+        record(key_version=3, expires_at=in_ms(-1)),
+    ]
+    await store.put_many([PutRequest(item) for item in records])
+
+    assert await store.count_by_key_version() == {1: 3, 2: 2}
+
+    await store.delete_many([records[0].lookup_key, records[3].lookup_key])
+
+    assert await store.count_by_key_version() == {1: 2, 2: 1}
+
+
+async def test_count_of_empty_store(store: TokenStore) -> None:
+    assert await store.count_by_key_version() == {}
+
+
+async def test_count_drops_expired_records(store: TokenStore) -> None:
+    short = record(key_version=4, expires_at=in_ms(0.3))
+    await store.put_many([PutRequest(short), PutRequest(record(key_version=5))])
+
+    assert await store.count_by_key_version() == {4: 1, 5: 1}
+    counts: dict[int, int] = {}
+    for _ in range(100):
+        counts = await store.count_by_key_version()
+        if 4 not in counts:
+            break
+        await asyncio.sleep(0.05)
+    assert counts == {5: 1}
+
+
+async def test_scan_returns_every_live_record(store: TokenStore) -> None:
+    live = [record(key_version=n % 3 + 1) for n in range(20)]
+    live += [record(expires_at=in_ms(3600)) for _ in range(4)]
+    deterministic = record()
+    await store.put_many(
+        [PutRequest(item) for item in live]
+        + [indexed(deterministic, os.urandom(32), b"sealed")]
+        + [PutRequest(record(expires_at=in_ms(-1)))]
+    )
+    live.append(deterministic)
+
+    found, calls = await scan_all(store, limit=7)
+
+    assert {item.lookup_key: item for item in found} == {item.lookup_key: item for item in live}
+    assert calls > 1
+
+
+async def test_scan_limit_bounds_sqlite_batches(backend: StoreBackend) -> None:
+    store = backend.open()
+    await store.put_many([PutRequest(record()) for _ in range(30)])
+
+    batch, cursor = await store.scan_records(None, 7)
+
+    assert cursor is not None
+    if backend.name == "sqlite":
+        assert len(batch) == 7
+
+
+async def test_scan_of_empty_store(store: TokenStore) -> None:
+    found, calls = await scan_all(store, limit=10)
+
+    assert found == []
+    assert calls >= 1
+
+
+async def test_scan_resumes_on_new_connection(backend: StoreBackend) -> None:
+    first = backend.open()
+    items = [record() for _ in range(40)]
+    await first.put_many([PutRequest(item) for item in items])
+    found, cursor = await first.scan_records(None, 10)
+    await first.close()
+
+    second = backend.open()
+    while cursor is not None:
+        batch, cursor = await second.scan_records(cursor, 10)
+        found += batch
+
+    assert {item.lookup_key for item in found} == {item.lookup_key for item in items}
+
+
+@pytest.mark.parametrize("cursor", ["not a cursor", "-1", "0x10", "1" * 31])
+async def test_scan_rejects_foreign_cursor(store: TokenStore, cursor: str) -> None:
+    # "1" * 31 is too large for a Redis cursor (at most 2**64 - 1) and of odd length for hex.
+    with pytest.raises(ValueError, match="invalid scan cursor"):
+        await store.scan_records(cursor, 10)
+
+
+async def test_replace_unchanged_record(store: TokenStore) -> None:
+    permanent = record(key_version=1)
+    expiring = record(key_version=1, expires_at=in_ms(3600))
+    await store.put_many([PutRequest(permanent), PutRequest(expiring)])
+    new_permanent = StoredRecord(permanent.lookup_key, os.urandom(70), 2, None)
+    # The expiry of the new record is ignored; the stored one is kept.
+    new_expiring = StoredRecord(expiring.lookup_key, os.urandom(70), 2, in_ms(60))
+
+    replaced = await store.replace_many(
+        [(permanent.blob, new_permanent), (expiring.blob, new_expiring)]
+    )
+
+    assert replaced == 2
+    found = await store.get_many([permanent.lookup_key, expiring.lookup_key])
+    assert found == [
+        new_permanent,
+        StoredRecord(expiring.lookup_key, new_expiring.blob, 2, expiring.expires_at),
+    ]
+    assert await store.count_by_key_version() == {2: 2}
+
+
+async def test_replace_keeps_index_entry(store: TokenStore) -> None:
+    index_key = os.urandom(32)
+    original = record(key_version=1)
+    await store.put_many([indexed(original, index_key, b"sealed original")])
+    resealed = StoredRecord(original.lookup_key, os.urandom(70), 2, None)
+
+    assert await store.replace_many([(original.blob, resealed)]) == 1
+
+    again = await store.put_many([indexed(record(), index_key, b"sealed other")])
+    assert again == [PutResult(PutStatus.EXISTING, sealed_token=b"sealed original")]
+    assert await store.delete_many([original.lookup_key]) == 1
+    assert await store.put_many([indexed(record(), index_key, b"sealed new")]) == [STORED]
+
+
+async def test_replace_loses_to_concurrent_write(store: TokenStore) -> None:
+    original = record(key_version=1)
+    await store.put_many([PutRequest(original)])
+    winner = StoredRecord(original.lookup_key, os.urandom(70), 2, None)
+    late = StoredRecord(original.lookup_key, os.urandom(70), 2, None)
+
+    assert await store.replace_many([(original.blob, winner)]) == 1
+    assert await store.replace_many([(original.blob, late)]) == 0
+
+    assert await store.get_many([original.lookup_key]) == [winner]
+    assert await store.count_by_key_version() == {2: 1}
+
+
+async def test_replace_loses_to_delete(store: TokenStore) -> None:
+    deleted = record(key_version=1)
+    kept = record(key_version=1)
+    await store.put_many([PutRequest(deleted), PutRequest(kept)])
+    await store.delete_many([deleted.lookup_key])
+
+    replaced = await store.replace_many(
+        [
+            (deleted.blob, StoredRecord(deleted.lookup_key, os.urandom(70), 2, None)),
+            (kept.blob, StoredRecord(kept.lookup_key, os.urandom(70), 2, None)),
+        ]
+    )
+
+    assert replaced == 1
+    assert await store.get_many([deleted.lookup_key]) == [None]
+    assert await store.count_by_key_version() == {2: 1}
+
+
+async def test_replace_loses_to_new_record_at_same_key(store: TokenStore) -> None:
+    expired = record(key_version=1, expires_at=in_ms(-1))
+    await store.put_many([PutRequest(expired)])
+    successor = record(expired.lookup_key, key_version=1)
+    await store.put_many([PutRequest(successor)])
+
+    stale = StoredRecord(expired.lookup_key, os.urandom(70), 2, None)
+
+    assert await store.replace_many([(expired.blob, stale)]) == 0
+    assert await store.get_many([expired.lookup_key]) == [successor]
+
+
+async def test_replace_skips_expired_record(store: TokenStore) -> None:
+    expired = record(key_version=1, expires_at=in_ms(-1))
+    await store.put_many([PutRequest(expired)])
+
+    replacement = StoredRecord(expired.lookup_key, os.urandom(70), 2, None)
+
+    assert await store.replace_many([(expired.blob, replacement)]) == 0
+    assert await store.get_many([expired.lookup_key]) == [None]
+    assert await store.count_by_key_version() == {}
+
+
+async def test_concurrent_replaces_one_wins(backend: StoreBackend) -> None:
+    stores = [backend.open(), backend.open()]
+    original = record(key_version=1)
+    await stores[0].put_many([PutRequest(original)])
+    candidates = [StoredRecord(original.lookup_key, os.urandom(70), 2, None) for _ in range(20)]
+
+    results = await asyncio.gather(
+        *(
+            stores[n % 2].replace_many([(original.blob, candidate)])
+            for n, candidate in enumerate(candidates)
+        )
+    )
+
+    assert sorted(results) == [0] * 19 + [1]
+    [found] = await stores[0].get_many([original.lookup_key])
+    assert found == candidates[results.index(1)]
+
+
+async def test_replace_of_nothing(store: TokenStore) -> None:
+    assert await store.replace_many([]) == 0

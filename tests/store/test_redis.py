@@ -173,3 +173,41 @@ async def test_entry_of_vanished_record_ignored(redis_server: RedisServer) -> No
         )
 
     assert result == [PutResult(PutStatus.STORED)]
+
+
+async def test_foreign_record_key_fails_scan(redis_server: RedisServer) -> None:
+    with admin(redis_server) as client:
+        client.flushall()
+        client.set(b"vg:r:not-hex", b"x" * 40)
+    async with opened(redis_server) as store:
+        with pytest.raises(StoreError, match="does not end in a hex lookup key") as caught:
+            await scan_to_end(store)
+
+    assert not isinstance(caught.value, ValueError)
+
+
+async def scan_to_end(store: RedisStore) -> None:
+    cursor: str | None = None
+    while True:
+        _, cursor = await store.scan_records(cursor, 100)
+        if cursor is None:
+            return
+
+
+async def test_prefix_glob_characters_escaped(redis_server: RedisServer) -> None:
+    with admin(redis_server) as client:
+        client.flushall()
+    default_item, starred_item = record(), record()
+    # Unescaped, the pattern "v*:r:*" of the prefix "v*" would match the default "vg:r:" keys too.
+    starred = RedisStore(redis_server.url, timeout=5.0, prefix="v*")
+    try:
+        async with opened(redis_server) as default:
+            await default.put_many([PutRequest(default_item)])
+        await starred.put_many([PutRequest(starred_item)])
+
+        found, cursor = await starred.scan_records(None, 100)
+    finally:
+        await starred.close()
+
+    assert cursor is None
+    assert [item.lookup_key for item in found] == [starred_item.lookup_key]

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.secret import Secret
 from gateway.tokens.crypto import (
+    ObsoleteRecordLayoutError,
     RecordCipher,
     TamperedBlobError,
     fingerprint,
@@ -27,15 +28,22 @@ METADATA = RecordMetadata("card.pan", "pan", ValueType.STRING, 1735689600000, 17
 
 # Made with the keys of make_key_ring and the bytes of CountingBytes: the first record has salt
 # 00..0f and nonce 10..1b, the second 1c..2b and 2c..37, and the sealed token nonce 38..43.
+# Records are sealed for the lookup key of their token (LOOKUP_KEY_VECTOR for TOKEN).
 RECORD_VECTOR = bytes.fromhex(
+    "0200000002000102030405060708090a0b0c0d0e0f101112131415161718191a1b000001941f297c00000001"
+    "941f606a80010370616e08636172642e70616ebb0b31e235a2feda043f3c73bd073e63e745838726f53ef4ec"
+    "7490af8a7439f1"
+)
+NUMBER_RECORD_VECTOR = bytes.fromhex(
+    "02000000021c1d1e1f202122232425262728292a2b2c2d2e2f3031323334353637000001941f297c00000000"
+    "00000000000204757569640c67656e657269632e757569643dd9e8cf7603e36cac02dfc71662cbc62831e040"
+    "de6d4f"
+)
+# The record of RECORD_VECTOR in layout 1, which bound the token instead of its lookup key.
+LAYOUT_1_RECORD_VECTOR = bytes.fromhex(
     "0100000002000102030405060708090a0b0c0d0e0f101112131415161718191a1b000001941f297c00000001"
     "941f606a80010370616e08636172642e70616ebb0b31e235a2feda043f3c73bd073e63281be34d49740587ef"
     "f3828676882ed7"
-)
-NUMBER_RECORD_VECTOR = bytes.fromhex(
-    "01000000021c1d1e1f202122232425262728292a2b2c2d2e2f3031323334353637000001941f297c00000000"
-    "00000000000204757569640c67656e657269632e757569643dd9e8cf7603e377f6200fedf378c75b4b31ed51"
-    "1f32d1"
 )
 BLIND_INDEX_VECTOR = bytes.fromhex(
     "6498a6d1c6868c58eda930f2c7478a35cf38c2ddfde418daf0c2ef955aebc94d"
@@ -79,15 +87,16 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 
 def test_record_blob_matches_vector() -> None:
-    assert fixed_cipher().seal_record(TOKEN, VALUE, METADATA) == RECORD_VECTOR
+    assert fixed_cipher().seal_record(LOOKUP_KEY_VECTOR, VALUE, METADATA) == RECORD_VECTOR
 
 
 def test_number_record_blob_matches_vector() -> None:
     cipher = fixed_cipher()
-    cipher.seal_record(TOKEN, VALUE, METADATA)  # uses salt 00..0f and nonce 10..1b
+    cipher.seal_record(LOOKUP_KEY_VECTOR, VALUE, METADATA)  # uses salt 00..0f and nonce 10..1b
     metadata = RecordMetadata("generic.uuid", "uuid", ValueType.NUMBER, 1735689600000, None)
+    lookup_key = cipher.lookup_key("tok_00112233445566778899aabbccddeeff")
 
-    blob = cipher.seal_record("tok_00112233445566778899aabbccddeeff", "4242.50", metadata)
+    blob = cipher.seal_record(lookup_key, "4242.50", metadata)
 
     assert blob == NUMBER_RECORD_VECTOR
 
@@ -95,7 +104,7 @@ def test_number_record_blob_matches_vector() -> None:
 def test_record_vector_follows_documented_layout() -> None:
     salt, nonce = bytes(range(16)), bytes(range(16, 28))
     header = (
-        bytes([1])
+        bytes([2])
         + struct.pack(">I", 2)
         + salt
         + nonce
@@ -105,7 +114,9 @@ def test_record_vector_follows_documented_layout() -> None:
         + frame_short(b"card.pan")
     )
     record_key = derive(MASTER_KEY_2, salt=salt, label=b"vaultgate record key v1")
-    associated_data = frame(b"vaultgate record v1") + frame(TOKEN.encode()) + header
+    lookup_secret = derive(INDEX_KEY, salt=None, label=b"vaultgate lookup key v1")
+    lookup_key = hmac_sha256(lookup_secret, TOKEN.encode())
+    associated_data = frame(b"vaultgate record v2") + frame(lookup_key) + header
 
     ciphertext = AESGCM(record_key).encrypt(nonce, VALUE.encode(), associated_data)
 
@@ -166,7 +177,7 @@ def test_sealed_token_follows_documented_layout() -> None:
 
 
 def test_open_record_round_trip() -> None:
-    opened = fixed_cipher().open_record(TOKEN, RECORD_VECTOR)
+    opened = fixed_cipher().open_record(LOOKUP_KEY_VECTOR, RECORD_VECTOR)
 
     assert opened.value == VALUE
     assert opened.metadata == METADATA
@@ -181,11 +192,12 @@ def test_open_token_round_trip() -> None:
 def test_seal_uses_fresh_salt_and_nonce() -> None:
     cipher = RecordCipher(make_key_ring())
 
-    first = cipher.seal_record(TOKEN, VALUE, METADATA)
-    second = cipher.seal_record(TOKEN, VALUE, METADATA)
+    first = cipher.seal_record(LOOKUP_KEY_VECTOR, VALUE, METADATA)
+    second = cipher.seal_record(LOOKUP_KEY_VECTOR, VALUE, METADATA)
 
     assert first[5:33] != second[5:33]
-    assert cipher.open_record(TOKEN, first).value == cipher.open_record(TOKEN, second).value
+    assert cipher.open_record(LOOKUP_KEY_VECTOR, first).value == VALUE
+    assert cipher.open_record(LOOKUP_KEY_VECTOR, second).value == VALUE
 
 
 @pytest.mark.parametrize("position", range(len(RECORD_VECTOR)))
@@ -194,23 +206,54 @@ def test_record_with_flipped_byte_fails(position: int) -> None:
     tampered[position] ^= 0x01
 
     with pytest.raises(TamperedBlobError):
-        fixed_cipher().open_record(TOKEN, bytes(tampered))
+        fixed_cipher().open_record(LOOKUP_KEY_VECTOR, bytes(tampered))
 
 
 @pytest.mark.parametrize("length", [0, 1, 32, 49, 60, len(RECORD_VECTOR) - 1])
 def test_truncated_record_fails(length: int) -> None:
     with pytest.raises(TamperedBlobError):
-        fixed_cipher().open_record(TOKEN, RECORD_VECTOR[:length])
+        fixed_cipher().open_record(LOOKUP_KEY_VECTOR, RECORD_VECTOR[:length])
 
 
-def test_record_moved_to_another_token_fails() -> None:
+def test_record_moved_to_another_row_fails() -> None:
     cipher = RecordCipher(make_key_ring())
-    other_blob = cipher.seal_record("4242425555554242", VALUE, METADATA)
+    other_lookup_key = cipher.lookup_key("4242425555554242")
+    other_blob = cipher.seal_record(other_lookup_key, VALUE, METADATA)
 
     with pytest.raises(TamperedBlobError):
-        cipher.open_record(TOKEN, other_blob)
+        cipher.open_record(LOOKUP_KEY_VECTOR, other_blob)
     with pytest.raises(TamperedBlobError):
-        cipher.open_record("4242425555554242", RECORD_VECTOR)
+        cipher.open_record(other_lookup_key, RECORD_VECTOR)
+
+
+def test_record_sealed_for_token_text_fails() -> None:
+    cipher = RecordCipher(make_key_ring())
+
+    with pytest.raises(TamperedBlobError):
+        cipher.open_record(TOKEN.encode(), RECORD_VECTOR)
+
+
+def test_layout_1_record_names_earlier_version() -> None:
+    with pytest.raises(ObsoleteRecordLayoutError) as caught:
+        fixed_cipher().open_record(LOOKUP_KEY_VECTOR, LAYOUT_1_RECORD_VECTOR)
+
+    assert "layout version 1" in str(caught.value)
+    assert "earlier development versions" in str(caught.value)
+    assert not isinstance(caught.value, TamperedBlobError)
+
+
+def test_reseal_moves_record_to_primary() -> None:
+    old_ring = make_key_ring(primary=2)
+    rotated = KeyRing(key_file_of(old_ring).with_new_primary(created=datetime.now(UTC)))
+    cipher = RecordCipher(rotated)
+
+    resealed = cipher.reseal_record(LOOKUP_KEY_VECTOR, RECORD_VECTOR)
+    opened = cipher.open_record(LOOKUP_KEY_VECTOR, resealed)
+
+    assert read_key_version(resealed) == 3
+    assert opened.value == VALUE
+    assert opened.metadata == METADATA
+    assert opened.key_version == 3
 
 
 @pytest.mark.parametrize("version", [1, 3, 0xFFFFFFFF])
@@ -218,14 +261,14 @@ def test_record_with_other_key_version_fails(version: int) -> None:
     relabelled = RECORD_VECTOR[:1] + struct.pack(">I", version) + RECORD_VECTOR[5:]
 
     with pytest.raises(TamperedBlobError):
-        fixed_cipher().open_record(TOKEN, relabelled)
+        fixed_cipher().open_record(LOOKUP_KEY_VECTOR, relabelled)
 
 
 def test_record_fails_without_its_master_key() -> None:
     ring_without_version_2 = make_key_ring(primary=1)
 
     with pytest.raises(TamperedBlobError):
-        fixed_cipher(ring_without_version_2).open_record(TOKEN, RECORD_VECTOR)
+        fixed_cipher(ring_without_version_2).open_record(LOOKUP_KEY_VECTOR, RECORD_VECTOR)
 
 
 def test_record_fails_under_other_master_key() -> None:
@@ -234,7 +277,7 @@ def test_record_fails_under_other_master_key() -> None:
     other_ring = KeyRing(KeyFile(False, 2, masters, Secret(INDEX_KEY)))
 
     with pytest.raises(TamperedBlobError):
-        fixed_cipher(other_ring).open_record(TOKEN, RECORD_VECTOR)
+        fixed_cipher(other_ring).open_record(LOOKUP_KEY_VECTOR, RECORD_VECTOR)
 
 
 def key_file_of(ring: KeyRing) -> KeyFile:
@@ -248,11 +291,11 @@ def test_records_open_after_rotation() -> None:
     rotated = KeyRing(key_file_of(old_ring).with_new_primary(created=datetime.now(UTC)))
     cipher = RecordCipher(rotated)
 
-    new_blob = cipher.seal_record(TOKEN, VALUE, METADATA)
+    new_blob = cipher.seal_record(LOOKUP_KEY_VECTOR, VALUE, METADATA)
 
-    assert cipher.open_record(TOKEN, RECORD_VECTOR).value == VALUE
+    assert cipher.open_record(LOOKUP_KEY_VECTOR, RECORD_VECTOR).value == VALUE
     assert read_key_version(new_blob) == 3
-    assert cipher.open_record(TOKEN, new_blob).value == VALUE
+    assert cipher.open_record(LOOKUP_KEY_VECTOR, new_blob).value == VALUE
     assert cipher.lookup_key(TOKEN) == LOOKUP_KEY_VECTOR
 
 
@@ -283,7 +326,7 @@ def test_tamper_error_hides_blob() -> None:
     tampered = RECORD_VECTOR[:-1] + bytes([RECORD_VECTOR[-1] ^ 1])
 
     with pytest.raises(TamperedBlobError) as caught:
-        fixed_cipher().open_record(TOKEN, tampered)
+        fixed_cipher().open_record(LOOKUP_KEY_VECTOR, tampered)
 
     message = str(caught.value)
     assert TOKEN not in message

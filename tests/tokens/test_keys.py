@@ -72,8 +72,21 @@ def test_key_ring_derives_secrets_with_hkdf_labels() -> None:
     assert ring.lookup_secret.reveal() == hkdf(index_key, b"vaultgate lookup key v1")
     assert ring.blind_index_secret.reveal() == hkdf(index_key, b"vaultgate blind index v1")
     assert ring.token_seal_key.reveal() == hkdf(index_key, b"vaultgate index entry seal v1")
+    assert ring.audit_key.reveal() == hkdf(index_key, b"vaultgate audit record mac v1")
     derived = {ring.lookup_secret.reveal(), ring.blind_index_secret.reveal()}
-    assert len(derived | {ring.token_seal_key.reveal(), index_key}) == 4
+    derived |= {ring.token_seal_key.reveal(), ring.audit_key.reveal()}
+    assert len(derived | {index_key}) == 5
+
+
+def test_audit_key_matches_pinned_value() -> None:
+    # Audit files written under one release must verify under the next, so the derivation
+    # of the audit key must never change.
+    ring = KeyRing(parse_key_file(key_file_text(), source="keys.yaml"))
+
+    assert (
+        ring.audit_key.reveal().hex()
+        == "194375274f354529d8ae27779f0c990b135c8f085231d691276e1c89c850c77e"
+    )
 
 
 def test_key_ring_finds_master_keys_by_version() -> None:
@@ -97,6 +110,7 @@ def test_rotation_keeps_index_secrets() -> None:
     assert rotated_ring.master_key(2).reveal() == ring.master_key(2).reveal()
     assert rotated_ring.lookup_secret.reveal() == ring.lookup_secret.reveal()
     assert rotated_ring.blind_index_secret.reveal() == ring.blind_index_secret.reveal()
+    assert rotated_ring.audit_key.reveal() == ring.audit_key.reveal()
 
 
 def test_render_key_file_round_trips() -> None:
@@ -264,6 +278,16 @@ def test_development_key_generated_once(tmp_path: Path, caplog: pytest.LogCaptur
     second = load_key_ring(config, base_dir=tmp_path)
     assert second.master_key(1).reveal() == first.master_key(1).reveal()
     assert second.lookup_secret.reveal() == first.lookup_secret.reveal()
+
+
+def test_generate_missing_false_raises(tmp_path: Path) -> None:
+    config = KeysConfig(file=Path("var/keys.yaml"), development=True)
+
+    with pytest.raises(KeyMaterialError) as caught:
+        load_key_ring(config, base_dir=tmp_path, generate_missing=False)
+
+    assert "no master key found" in str(caught.value)
+    assert not (tmp_path / "var").exists()
 
 
 def test_development_without_file_setting_raises(tmp_path: Path) -> None:

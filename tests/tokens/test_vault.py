@@ -11,6 +11,7 @@ import pytest
 from gateway.errors import (
     InvalidTokenError,
     InvalidValueError,
+    KeyMaterialError,
     StoreError,
     TokenSpaceExhaustedError,
 )
@@ -19,8 +20,9 @@ from gateway.store.base import PutRequest, PutResult, StoredRecord, TokenStore
 from gateway.tokens.crypto import RecordCipher, fingerprint
 from gateway.tokens.formats import is_luhn_valid
 from gateway.tokens.keys import KeyFile, KeyRing, MasterKey
-from gateway.tokens.vault import Revealed, TokenizeItem, ValueType, Vault
+from gateway.tokens.vault import KEY_CHECK_LOOKUP_KEY, Revealed, TokenizeItem, ValueType, Vault
 from tests.conftest import make_key_ring
+from tests.tokens.test_crypto import LAYOUT_1_RECORD_VECTOR
 
 PAN = "4242424242424242"
 
@@ -46,6 +48,17 @@ class CountingStore(TokenStore):
 
     async def erase_many(self, index_keys: Sequence[bytes]) -> int:
         return await self.store.erase_many(index_keys)
+
+    async def replace_many(self, items: Sequence[tuple[bytes, StoredRecord]]) -> int:
+        return await self.store.replace_many(items)
+
+    async def count_by_key_version(self) -> dict[int, int]:
+        return await self.store.count_by_key_version()
+
+    async def scan_records(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[StoredRecord], str | None]:
+        return await self.store.scan_records(cursor, limit)
 
     async def ping(self) -> None:
         await self.store.ping()
@@ -415,3 +428,82 @@ async def test_corrupt_index_entry_raises(
         )
 
     assert any(r.name == "gateway.store" and r.levelno == logging.ERROR for r in caplog.records)
+
+
+def rotated(ring: KeyRing) -> KeyRing:
+    """Return ``ring`` with a new primary master key, as ``vaultgate keys rotate`` makes it."""
+    created = datetime(2025, 1, 1, tzinfo=UTC)
+    masters = tuple(MasterKey(v, ring.master_key(v), created) for v in ring.versions)
+    key_file = KeyFile(False, ring.primary_version, masters, Secret(bytes(range(32, 64))))
+    return KeyRing(key_file.with_new_primary(created=created))
+
+
+async def test_use_key_ring_seals_under_new_primary(store: TokenStore, key_ring: KeyRing) -> None:
+    vault = Vault(store, key_ring)
+    [old_token] = tokens_of(await vault.tokenize_many([TokenizeItem("before")]))
+
+    vault.use_key_ring(rotated(key_ring))
+    [new_token] = tokens_of(await vault.tokenize_many([TokenizeItem("after")]))
+
+    cipher = RecordCipher(key_ring)
+    old_record, new_record = await store.get_many(
+        [cipher.lookup_key(old_token), cipher.lookup_key(new_token)]
+    )
+    assert old_record is not None
+    assert new_record is not None
+    assert old_record.key_version == 2
+    assert new_record.key_version == 3
+    assert vault.key_ring.primary_version == 3
+    revealed = revealed_of(await vault.detokenize_many([old_token, new_token]))
+    assert [item.value for item in revealed] == ["before", "after"]
+
+
+async def test_use_key_ring_rejects_other_index_key(store: TokenStore, key_ring: KeyRing) -> None:
+    vault = Vault(store, key_ring)
+    [token] = tokens_of(await vault.tokenize_many([TokenizeItem("kept")]))
+
+    with pytest.raises(KeyMaterialError, match="index key"):
+        vault.use_key_ring(make_key_ring(primary=3, index_key=bytes(32)))
+
+    assert vault.key_ring is key_ring
+    [revealed] = revealed_of(await vault.detokenize_many([token]))
+    assert revealed.value == "kept"
+
+
+async def test_key_check_accepts_its_own_ring(store: TokenStore, key_ring: KeyRing) -> None:
+    await Vault(store, key_ring).check_key_ring()
+    await Vault(store, key_ring).check_key_ring()
+
+    [record] = await store.get_many([KEY_CHECK_LOOKUP_KEY])
+    assert record is not None
+    assert record.key_version == 2
+
+
+async def test_key_check_rejects_other_ring(store: TokenStore, key_ring: KeyRing) -> None:
+    await Vault(store, key_ring).check_key_ring()
+    stranger = Vault(store, make_key_ring(index_key=bytes(32)))
+
+    with pytest.raises(KeyMaterialError, match="another key ring"):
+        await stranger.check_key_ring()
+
+
+async def test_key_check_names_earlier_layout(store: TokenStore, key_ring: KeyRing) -> None:
+    old = StoredRecord(KEY_CHECK_LOOKUP_KEY, LAYOUT_1_RECORD_VECTOR, 2, None)
+    await store.put_many([PutRequest(old)])
+
+    with pytest.raises(KeyMaterialError, match="earlier development version"):
+        await Vault(store, key_ring).check_key_ring()
+
+
+async def test_layout_1_record_fails_to_detokenize(
+    store: TokenStore, key_ring: KeyRing, caplog: pytest.LogCaptureFixture
+) -> None:
+    cipher = RecordCipher(key_ring)
+    lookup_key = cipher.lookup_key("4242421234564242")
+    await store.put_many([PutRequest(StoredRecord(lookup_key, LAYOUT_1_RECORD_VECTOR, 2, None))])
+
+    with caplog.at_level(logging.ERROR, logger="gateway.store"):
+        [result] = await Vault(store, key_ring).detokenize_many(["4242421234564242"])
+
+    assert isinstance(result, InvalidTokenError)
+    assert "earlier development versions" in caplog.text
