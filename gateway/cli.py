@@ -14,6 +14,7 @@ from gateway.config.loader import load_config
 from gateway.config.model import LoggingConfig
 from gateway.errors import ConfigError, KeyMaterialError, StoreUnavailableError
 from gateway.logs import configure_logging
+from gateway.proxy import ca_cli
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
 
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         help="mark the key as a development key, refused outside development",
     )
     generate.set_defaults(command_function=_keys_generate)
+
+    ca_cli.register(commands)
     return parser
 
 
@@ -122,12 +125,11 @@ def _run(arguments: argparse.Namespace) -> int:
         logger.error("not started: %s", error)
         return 1
     except OSError as error:
-        address = config.listen.reverse
         logger.error(
-            "not started: cannot listen on %s: %s; stop the other process or change "
-            "listen.reverse (VAULTGATE_LISTEN in config.example.yaml)",
-            address,
-            error.strerror or error,
+            "not started: cannot listen: %s; stop the other process or change listen.reverse, "
+            "listen.admin or listen.forward (VAULTGATE_LISTEN, VAULTGATE_ADMIN_LISTEN, "
+            "VAULTGATE_FORWARD_LISTEN in config.example.yaml)",
+            error,
         )
         return 1
     return 0

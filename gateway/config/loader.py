@@ -17,11 +17,13 @@ from gateway.config.fields import Section
 from gateway.config.model import (
     Address,
     Config,
+    ForwardConfig,
     KeysConfig,
     Limits,
     ListenConfig,
     LoggingConfig,
     StoreConfig,
+    UnlistedHosts,
 )
 from gateway.config.policy import Places, read_classes, read_clients, read_roles
 from gateway.config.policy_check import PolicySources, check_policy
@@ -37,6 +39,7 @@ _SECTIONS = (
     "routes",
     "limits",
     "logging",
+    "forward",
     "clients",
     "classes",
     "roles",
@@ -63,6 +66,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     keys = _keys(root.section("keys"), base_dir)
     limits = _limits(root.section("limits"))
     logging_config = _logging(root.section("logging"))
+    forward = _forward(root.section("forward"), base_dir)
     route_globs = tuple(root.string_list("routes", ["routes/*.yaml"]))
     connections = _connections(route_globs, path, root, problems, environ)
 
@@ -74,6 +78,16 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     )
     warnings: list[ConfigProblem] = []
     connections = check_policy(policy, PolicySources(places), connections, problems, warnings)
+    if listen.forward is not None and not any(connection.hosts for connection in connections):
+        warnings.append(
+            ConfigProblem(
+                file,
+                None,
+                "listen.forward is on, but no route file lists hosts, so the forward proxy "
+                "rejects every request",
+                "add hosts: [api.example.com] to a route file, or set listen.forward: off",
+            )
+        )
 
     if problems:
         raise ConfigError(problems)
@@ -85,6 +99,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         routes=route_globs,
         limits=limits,
         logging=logging_config,
+        forward=forward,
         connections=tuple(connections),
         policy=policy,
         warnings=tuple(warnings),
@@ -109,11 +124,12 @@ def parse_address(text: str) -> Address:
 def _listen(section: Section | None) -> ListenConfig:
     if section is None:
         return ListenConfig()
-    section.check_keys(("reverse", "admin"))
+    section.check_keys(("reverse", "admin", "forward"))
     defaults = ListenConfig()
     return ListenConfig(
         reverse=_address(section, "reverse", defaults.reverse) or defaults.reverse,
         admin=_address(section, "admin", defaults.admin),
+        forward=_address(section, "forward", defaults.forward),
     )
 
 
@@ -202,6 +218,50 @@ def _limits(section: Section | None) -> Limits:
     )
 
 
+def _forward(section: Section | None, base_dir: Path) -> ForwardConfig:
+    defaults = ForwardConfig()
+    if section is None:
+        return ForwardConfig(ca_dir=base_dir / defaults.ca_dir)
+    section.check_keys(("ca_dir", "unlisted_hosts", "proxy_auth"))
+    ca_dir = Path(section.string("ca_dir") or str(defaults.ca_dir)).expanduser()
+    unlisted_text = section.string("unlisted_hosts", "deny") or "deny"
+    try:
+        unlisted = UnlistedHosts(unlisted_text.strip().lower())
+    except ValueError:
+        section.problem(
+            "unlisted_hosts",
+            f"forward.unlisted_hosts must be deny or tunnel, not {unlisted_text!r}",
+        )
+        unlisted = defaults.unlisted_hosts
+    proxy_auth = _proxy_auth(section)
+    if not proxy_auth and unlisted is UnlistedHosts.TUNNEL:
+        # Without credentials, tunnels to any host would make the gateway an open proxy.
+        section.problem(
+            "proxy_auth",
+            "forward.proxy_auth: off cannot be combined with forward.unlisted_hosts: tunnel",
+            "keep proxy_auth: required, or set unlisted_hosts: deny",
+        )
+    return ForwardConfig(
+        ca_dir=ca_dir if ca_dir.is_absolute() else base_dir / ca_dir,
+        unlisted_hosts=unlisted,
+        proxy_auth=proxy_auth,
+    )
+
+
+def _proxy_auth(section: Section) -> bool:
+    raw = section.raw("proxy_auth")
+    if isinstance(raw, bool):
+        # YAML reads a bare off or on as a boolean.
+        return raw
+    text = (section.string("proxy_auth", "required") or "required").strip().lower()
+    if text in ("required", "true", "yes", "on", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    section.problem("proxy_auth", f"forward.proxy_auth must be required or off, not {text!r}")
+    return True
+
+
 def _logging(section: Section | None) -> LoggingConfig:
     if section is None:
         return LoggingConfig()
@@ -240,7 +300,9 @@ def _connections(
             root.problem("routes", f"routes entry {pattern!r} matches no file")
         for route_file in paths:
             try:
-                connections.append(load_connection_file(Path(route_file), environ))
+                connections.append(
+                    load_connection_file(Path(route_file), environ, base_dir=config_path.parent)
+                )
             except ConfigError as exc:
                 problems.extend(exc.problems)
     check_connections(connections, problems)
