@@ -30,3 +30,19 @@ async def adyen_standin(test_ca: TestCa) -> AsyncIterator[RecordingUpstream]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RecordingUpstream]:
+    """A plain-HTTP stand-in that connections reach through an http:// upstream override."""
+    server = RecordingUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def gateway_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "gateway"
+    directory.mkdir()
+    return directory

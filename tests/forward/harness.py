@@ -24,10 +24,12 @@ async def start_forward_gateway(
     forward: str = "",
     limits: str = "",
     store_url: str | None = None,
+    policy: str | None = None,
 ) -> Gateway:
     """Write a configuration with every listener on port 0 and start the gateway.
 
-    ``forward`` is YAML for the forward section besides ``ca_dir``; ``limits`` for limits.
+    ``forward`` is YAML for the forward section besides ``ca_dir``; ``limits`` for limits;
+    ``policy`` for clients, classes and roles, by default ``default_policy``.
     """
     routes_dir = directory / "routes"
     routes_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,7 @@ async def start_forward_gateway(
         "routes: [routes/*.yaml]\n"
         f"forward:\n  ca_dir: ca\n{forward_yaml}\n"
         f"limits:\n{limits_yaml}\n"
-        f"{default_policy(connections)}"
+        f"{textwrap.dedent(policy) if policy is not None else default_policy(connections)}"
     )
     config = load_config(directory / "gateway.yaml", environ={})
     return await Gateway.start(config)
@@ -100,9 +102,7 @@ async def connect(
     return status, body, reader, writer
 
 
-async def read_response_rest(
-    reader: asyncio.StreamReader, head: bytes
-) -> tuple[int, bytes, bytes]:
+async def read_response_rest(reader: asyncio.StreamReader, head: bytes) -> tuple[int, bytes, bytes]:
     status = int(head.split(b" ", 2)[1])
     length = 0
     for line in head.split(b"\r\n")[1:]:
@@ -114,11 +114,11 @@ async def read_response_rest(
 
 
 async def open_intercepted(
-    gateway: Gateway, host: str, *, authorization: str | None = None
+    gateway: Gateway, host: str, *, authorization: str | None = basic()
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open a CONNECT tunnel to ``host``:443 and start TLS in it, trusting the gateway's CA."""
     status, body, reader, writer = await connect(
-        forward_port(gateway), f"{host}:443", authorization=authorization or basic()
+        forward_port(gateway), f"{host}:443", authorization=authorization
     )
     assert status == 200, body
     await writer.start_tls(client_tls(gateway), server_hostname=host)
