@@ -31,8 +31,10 @@ logger = logging.getLogger("gateway.forward")
 _mitmproxy_logger = logging.getLogger("gateway.forward.mitmproxy")
 
 # Quoted text (mitmproxy quotes request bytes with repr), email addresses, and digit runs.
+# A quote after a letter is an apostrophe ("proxy's") and starts nothing.
 _QUOTED_OR_VALUE = re.compile(
-    r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*"|[^\s/@'"]+@[^\s/'"]+|\d(?:[\d .-]*\d){3,}"""
+    r"""(?<!\w)b?'(?:[^'\\]|\\.)*'|(?<!\w)b?"(?:[^"\\]|\\.)*"|[^\s/@'"]+@[^\s/'"]+"""
+    r"""|\d(?:[\d .-]*\d){3,}"""
 )
 _ERRORS = {
     400: ("invalid_request", "malformed HTTP request"),
