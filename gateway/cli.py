@@ -1,4 +1,4 @@
-"""The ``vaultgate`` command: run, check, and keys generate."""
+"""The ``vaultgate`` command: run, check, keys generate, and ca export and rotate."""
 
 from __future__ import annotations
 

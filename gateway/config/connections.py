@@ -42,7 +42,7 @@ from gateway.tokens.formats import format_names
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Z]+$")
-# A DNS name as the forward proxy sees it in CONNECT and Host: labels of letters, digits and '-'.
+# A DNS name as CONNECT and Host carry it: dot-separated labels of letters, digits and '-'.
 _HOST_NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
@@ -74,8 +74,8 @@ def load_connection_file(
     """Read one route file; raise ``ConfigError`` listing every problem in it.
 
     Relative file names in it (``upstream_ca``, ``client_cert``, ``client_key``) are resolved
-    against ``base_dir``, the directory of the main configuration file; by default the route
-    file's own directory.
+    against ``base_dir``, the directory of the main configuration file. Without ``base_dir``
+    they are resolved against the route file's own directory.
     """
     document = load_yaml_file(path, environ)
     problems: list[ConfigProblem] = []

@@ -31,7 +31,7 @@ class ListenConfig:
 
 
 class UnlistedHosts(enum.Enum):
-    """What the forward proxy does with a host that no connection lists."""
+    """The forward proxy's handling of a host that no connection lists."""
 
     DENY = "deny"
     TUNNEL = "tunnel"
@@ -41,7 +41,7 @@ class UnlistedHosts(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class ForwardConfig:
     ca_dir: Path = Path("var/ca")
-    """Where the forward proxy keeps the CA that signs its certificates for intercepted hosts."""
+    """Directory of the CA that signs the forward proxy's certificates for intercepted hosts."""
     unlisted_hosts: UnlistedHosts = UnlistedHosts.DENY
     proxy_auth: bool = True
     """Require ``Proxy-Authorization: Basic`` with a client name and key on every CONNECT."""

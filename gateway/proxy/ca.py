@@ -3,8 +3,9 @@
 Clients of the forward proxy trust this CA, and the proxy signs a certificate with it for each
 host it intercepts. The directory holds:
 
-- ``vaultgate-ca.pem``: the private key and the certificate, mode 0600. Whoever has it can
-  impersonate any host to every client that trusts the CA, so it never leaves the gateway.
+- ``vaultgate-ca.pem``: the private key and the certificate, mode 0600. Anyone with this file
+  can impersonate any host to every client that trusts the CA, so it must not leave the
+  gateway's machine.
 - ``vaultgate-ca-cert.pem``: the certificate alone, for clients (``vaultgate ca export``).
 - ``vaultgate-dhparam.pem``: Diffie-Hellman parameters for DHE cipher suites.
 """
@@ -79,7 +80,7 @@ def ensure_ca(directory: Path) -> CaFiles:
             mode,
         )
     if not files.cert_file.exists() or not files.dhparam_file.exists():
-        # The key file holds the certificate too, so the others can be written again from it.
+        # The key file contains the certificate too, so the others can be written again from it.
         certificate = x509.load_pem_x509_certificate(files.key_file.read_bytes())
         _write_public_files(files, certificate)
     return files

@@ -85,6 +85,7 @@ class TestCa:
         """Issue a server certificate for the DNS name ``name``, or a client certificate."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (
             x509.CertificateBuilder()
@@ -106,6 +107,7 @@ class TestCa:
                 x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
             )
         certificate = builder.sign(self._key, hashes.SHA256())
+
         stem = name.replace(".", "-") + ("-client" if client else "")
         cert_file = self.directory / f"{stem}.pem"
         key_file = self.directory / f"{stem}-key.pem"

@@ -2,7 +2,7 @@
 
 The gateway is never an open proxy: unlisted hosts, missing or wrong credentials, plain-HTTP
 requests to unlisted hosts, and tunnels to the gateway's own listeners, its store or loopback
-addresses are all refused, and the upstream stand-in sees no request.
+addresses are all rejected, and the upstream stand-in receives no request.
 """
 
 from __future__ import annotations
@@ -262,8 +262,8 @@ async def test_tunnel_to_unlisted_host_needs_credentials(tunnel_gateway: Gateway
 async def test_tunnel_relays_without_interception(
     tunnel_gateway: Gateway, test_ca: TestCa, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Tunnels never reach loopback, and a test may reach nothing else; so for this test the
-    # guard lets one loopback stand-in through, to show that its bytes pass uninterpreted.
+    # Tunnels never reach loopback, and a test may reach nothing else. So for this test the guard
+    # lets one loopback stand-in through, to show that its bytes pass uninterpreted.
     standin = RecordingUpstream(test_ca.issue("tunnel.example").server_context())
     await standin.start()
 

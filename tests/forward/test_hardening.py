@@ -1,8 +1,8 @@
 """Attacks on the forward proxy inside intercepted tunnels, each checked at the stand-in.
 
-The forward proxy keeps the reverse proxy's rules: a message that matches a route and cannot be
-processed is rejected with the JSON error body and never relayed as it came, limits hold before
-and after decompression, and no error body or log line repeats a value from the request.
+The forward proxy keeps the reverse proxy's rules. A message that matches a route and cannot be
+processed is rejected with the JSON error body and never relayed as it came. Limits hold before
+and after decompression. No error body or log line repeats a value from the request.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ async def test_stalled_body_closes_connection(
 async def test_untrusted_upstream_certificate_is_502(
     gateway_dir: Path, test_ca: TestCa, tmp_path: Path
 ) -> None:
-    # The stand-in's certificate comes from a CA that the gateway was not told to trust.
+    # The stand-in's certificate comes from a CA that the gateway's configuration does not trust.
     other_ca = TestCa(tmp_path / "other-ca", name="untrusted test CA")
     standin = RecordingUpstream(other_ca.issue("api.stripe.com").server_context())
     await standin.start()
@@ -426,8 +426,8 @@ async def test_upstream_mutual_tls(
 async def test_mitmproxy_log_lines_are_redacted(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A client that does not trust the gateway's CA fails its handshake; mitmproxy logs it at
-    # INFO, so the test lowers mitmproxy's level from the WARNING the gateway sets.
+    # A client that does not trust the gateway's CA fails its handshake, and mitmproxy logs that
+    # at INFO. The test lowers mitmproxy's level from the WARNING that the gateway sets.
     status, _, _, writer = await connect(
         forward_port(gateway), "shop.example:443", authorization=basic()
     )

@@ -2,8 +2,8 @@
 
 Proxy credentials are ``Proxy-Authorization: Basic`` with a client name and one of its keys,
 checked against the same ``clients`` as every other key. A host is intercepted when a connection
-lists it in ``hosts``. Any other host is refused, unless ``forward.unlisted_hosts: tunnel`` lets
-its CONNECT tunnels through; even then, tunnels never reach loopback, link-local or unspecified
+lists it in ``hosts``. Any other host is rejected, unless ``forward.unlisted_hosts: tunnel`` lets
+its CONNECT tunnels through. Even then, tunnels never reach loopback, link-local or unspecified
 addresses, nor the gateway's own listeners or its store.
 """
 
@@ -35,7 +35,7 @@ def normalize_host(host: str) -> str:
 def describe_host(host: str) -> str:
     """Return the host for a message, or a placeholder when it is not a plain name or address.
 
-    A messages names the host so that an operator can allow it; anything else that a client put
+    A message names the host so that an operator can allow it; anything else that a client put
     in the request target is not repeated.
     """
     if _HOST_NAME.match(host):
@@ -67,7 +67,7 @@ def authenticate_proxy_client(values: Sequence[str], clients: Mapping[str, Clien
     """Return the client whose name and key are in the ``Proxy-Authorization`` values.
 
     Raises ``ProxyAuthenticationError`` (407) with one message for missing, malformed and wrong
-    credentials, so that the answer does not tell which.
+    credentials, so that the response does not tell which.
     """
     name, key = parse_basic_credentials(values) or ("", "")
     client = find_client(key, clients)

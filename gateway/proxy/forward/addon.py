@@ -9,7 +9,7 @@ mitmproxy calls these hooks as a client's connection goes on:
 - ``next_layer``: inside a relayed tunnel, bytes pass through without being parsed.
 - ``requestheaders``: a request inside an intercepted tunnel, or a plain-HTTP request in
   absolute form, which carries its own credentials. Its target is found here.
-- ``request``: the whole request has arrived; ``ForwardRelay`` answers it. mitmproxy never
+- ``request``: the whole request has arrived, and ``ForwardRelay`` responds to it. mitmproxy never
   sends an intercepted request upstream itself, and ``server_connect`` refuses any upstream
   connection other than a relayed tunnel's.
 """

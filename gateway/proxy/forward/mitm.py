@@ -4,9 +4,9 @@ The forward listener runs mitmproxy's proxy core in the gateway's own event loop
 addons it needs: no web UI, no flow files, no console output. Two of mitmproxy's outputs would
 break the gateway's rules, so they are replaced:
 
-- The error pages it answers with when its HTTP parser or its body size limit rejects a
-  request quote the bytes it could not parse, which may hold a card number. They become the
-  gateway's JSON error body, which quotes nothing.
+- When its HTTP parser or its body size limit rejects a request, its error page quotes the
+  bytes it could not parse, which may contain a card number. The gateway's JSON error body,
+  which quotes nothing, replaces it.
 - Its log lines go through ``gateway.forward.mitmproxy`` with quoted text, digit runs and email
   addresses redacted.
 """
@@ -72,7 +72,7 @@ def _http1_error_response(status_code: int, message: str = "") -> bytes:
 
 
 def install_error_bodies() -> None:
-    """Make mitmproxy answer its own rejections with JSON bodies that quote nothing.
+    """Make mitmproxy respond to its own rejections with JSON bodies that quote nothing.
 
     NOTE: this replaces module functions of mitmproxy's HTTP layers (``make_error_response``
     and ``format_error``, mitmproxy 12.3). Over HTTP/2 and HTTP/3 the body is JSON but mitmproxy
@@ -130,11 +130,13 @@ class EmbeddedProxy:
         """Start listening on ``address``; raise ``OSError`` when mitmproxy cannot listen."""
         install_log_bridge()
         install_error_bodies()
+
         settings = options.Options()
         master = Master(settings, event_loop=asyncio.get_running_loop())
         # NOTE: mitmproxy's master copies every log record of the process into its deprecated
         # add_log event; that handler on the root logger is removed (mitmproxy 12.3).
         master._legacy_log_events.uninstall()
+
         server = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
         tls = GatewayTlsConfig(cert_store)
         master.addons.add(*addons, server, next_layer.NextLayer(), tls)  # type: ignore[no-untyped-call]
@@ -152,6 +154,7 @@ class EmbeddedProxy:
             websocket=False,
             http2=True,
         )
+
         if not await server.setup_servers():
             await master.done()
             raise OSError(f"the forward proxy cannot listen on {address}")

@@ -49,7 +49,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where an intercepted request goes, and who sent it."""
+    """The connection and host of an intercepted request, and the client that sent it."""
 
     host: str
     """The host the client asked for, as ``hosts`` lists it."""
@@ -86,7 +86,7 @@ class ForwardRelay:
         return exchange
 
     async def relay(self, flow: http.HTTPFlow, target: Target, exchange: Exchange) -> None:
-        """Answer ``flow`` with the upstream's response, or with a JSON error."""
+        """Set ``flow.response`` to the upstream's response, or to a JSON error."""
         try:
             flow.response = await self._relay(flow, target, exchange)
         except MessageError as error:
@@ -105,7 +105,7 @@ class ForwardRelay:
         self.log_access(exchange, flow)
 
     def reject(self, flow: http.HTTPFlow, error: MessageError, exchange: Exchange) -> None:
-        """Answer ``flow`` with the JSON error body of ``error``, and log it."""
+        """Set ``flow.response`` to the JSON error body of ``error``, and log it."""
         exchange.error_type = error.error_type
         logger.warning(
             "rejected request: connection=%s route=%s status=%d type=%s reason=%s",
@@ -304,8 +304,9 @@ def json_response(status: int, body: bytes) -> http.Response:
 
 
 def _check_transfer_coding(request: http.Request) -> None:
-    # mitmproxy accepts "gzip, chunked" and leaves the gzip coding on the body it hands over,
-    # which a route would misread and a relay would send on unlabelled; only chunked is taken.
+    # mitmproxy accepts "gzip, chunked" and leaves the gzip coding on the body it hands over.
+    # A route would misread that body and a relay would send it on unlabelled, so only chunked
+    # is accepted.
     for value in request.headers.get_all("transfer-encoding"):
         if value.strip().lower() != "chunked":
             raise InvalidBodyError("only the chunked transfer coding is accepted")
