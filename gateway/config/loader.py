@@ -135,6 +135,9 @@ def _listen(section: Section | None) -> ListenConfig:
 
 def _address(section: Section, key: str, default: Address | None) -> Address | None:
     """Read a ``host:port``; ``off`` turns an optional listener off."""
+    if key != "reverse" and section.raw(key) is False:
+        # YAML reads a bare off as a boolean.
+        return None
     text = section.string(key)
     if text is None:
         return default

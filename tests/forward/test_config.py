@@ -179,3 +179,14 @@ def test_forward_without_hosts_warns(tmp_path: Path) -> None:
     )
     config = load_config(tmp_path / "gateway.yaml", environ={})
     assert any("no route file lists hosts" in str(warning) for warning in config.warnings)
+
+
+def test_bare_off_turns_listeners_off(tmp_path: Path) -> None:
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "pay.yaml").write_text(ROUTE)
+    (tmp_path / "gateway.yaml").write_text(
+        "keys: {file: k.yaml}\nlisten: {admin: off, forward: off}\n"
+    )
+    config = load_config(tmp_path / "gateway.yaml", environ={})
+    assert config.listen.admin is None
+    assert config.listen.forward is None
