@@ -220,7 +220,11 @@ class ForwardAddon:
             raise
 
     def _body_timed_out(self, flow: http.HTTPFlow) -> None:
-        """Close the connection of a client that did not send its body in time."""
+        """Close the connection of a client that did not send its body in time.
+
+        NOTE: the reverse proxy answers 408 here. mitmproxy offers no way to send a response
+        while it is still reading the body, so this client sees its connection closed.
+        """
         exchange = flow.metadata.get(_EXCHANGE)
         logger.warning(
             "rejected request: connection=%s route=- status=408 type=request_timeout reason=the "
