@@ -1,5 +1,5 @@
-"""The ``vaultgate`` command: run, check, keys (generate, rotate, reencrypt, status, retire) and
-audit verify."""
+"""The ``vaultgate`` command: run, check, keys (generate, rotate, reencrypt, status, retire),
+audit verify, and ca export and rotate."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from gateway.errors import (
     StoreUnavailableError,
 )
 from gateway.logs import configure_logging
+from gateway.proxy import ca_cli
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
 from gateway.tokens.keys_cli import register as register_key_rotation_commands
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.set_defaults(command_function=_keys_generate)
     register_key_rotation_commands(key_commands)
     audit_cli.register(commands)
+    ca_cli.register(commands)
     return parser
 
 
@@ -132,12 +134,11 @@ def _run(arguments: argparse.Namespace) -> int:
         logger.error("not started: %s", error)
         return 1
     except OSError as error:
-        address = config.listen.reverse
         logger.error(
-            "not started: cannot listen on %s: %s; stop the other process or change "
-            "listen.reverse (VAULTGATE_LISTEN in config.example.yaml)",
-            address,
-            error.strerror or error,
+            "not started: cannot listen: %s; stop the other process or change listen.reverse, "
+            "listen.admin or listen.forward (VAULTGATE_LISTEN, VAULTGATE_ADMIN_LISTEN, "
+            "VAULTGATE_FORWARD_LISTEN in config.example.yaml)",
+            error,
         )
         return 1
     return 0

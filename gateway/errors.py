@@ -12,6 +12,7 @@ aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``
     │   ├── NotFoundError            404 no connection is mounted at the path
     │   ├── RouteNotMatchedError     404 the connection rejects requests that match no route
     │   ├── AuthenticationError      401 missing or wrong client key
+    │   │   └── ProxyAuthenticationError 407 missing or wrong forward proxy credentials
     │   ├── ForbiddenError           403 a policy denies the client or the connection this
     │   ├── InvalidBodyError         400 malformed body, duplicate keys, NaN, too deep
     │   ├── MissingFieldError        400 a required field is absent
@@ -123,6 +124,11 @@ class RouteNotMatchedError(MessageError):
 class AuthenticationError(MessageError):
     status = 401
     error_type = "unauthorized"
+
+
+class ProxyAuthenticationError(AuthenticationError):
+    status = 407
+    error_type = "proxy_unauthorized"
 
 
 class ForbiddenError(MessageError):

@@ -24,6 +24,8 @@ from gateway.functions.pool import FunctionPool, start_pool
 from gateway.functions.reload import reload_routes
 from gateway.metrics import Metrics, MetricsAuditSink
 from gateway.policy.enforcer import ApiOperations, Enforcer
+from gateway.proxy.forward import ForwardProxy
+from gateway.proxy.forward.listener import store_endpoint
 from gateway.proxy.listener import GatewayServer
 from gateway.proxy.reverse import ReverseProxy
 from gateway.proxy.upstream import UpstreamClient
@@ -49,6 +51,7 @@ class Gateway:
     reverse_address: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
     admin_address: Address | None = None
     proxy: ReverseProxy | None = None
+    forward: ForwardProxy | None = None
 
     @classmethod
     async def start(cls, config: Config) -> Gateway:
@@ -73,7 +76,7 @@ class Gateway:
             else:
                 logger.warning("the audit trail is off (audit.enabled: false)")
 
-            upstream = UpstreamClient(config.limits)
+            upstream = UpstreamClient(config.limits, config.connections)
             await upstream.start()
             cleanup.push_async_callback(upstream.close)
 
@@ -126,6 +129,11 @@ class Gateway:
                 web.AppRunner(api, access_log=None), config.listen.admin
             )
 
+        if config.listen.forward is not None:
+            own = [self.reverse_address, *filter(None, [self.admin_address])]
+            own.extend(filter(None, [store_endpoint(config.store.url)]))
+            self.forward = await ForwardProxy.start(config, enforcer, self.upstream, own)
+
     async def _listen(self, runner: web.BaseRunner, address: Address) -> Address:
         await runner.setup()
         self.runners.append(runner)
@@ -155,8 +163,20 @@ class Gateway:
         logger.info("reverse proxy listening on http://%s", self.reverse_address)
         if self.admin_address is not None:
             logger.info("vault API listening on http://%s", self.admin_address)
+        if self.forward is not None:
+            hosts = sorted(
+                host for connection in self.config.connections for host in connection.hosts
+            )
+            logger.info(
+                "forward proxy listening on http://%s for %s",
+                self.forward.address,
+                ", ".join(hosts) or "no host",
+            )
 
     async def _stop_listeners(self) -> None:
+        if self.forward is not None:
+            await self.forward.stop()
+            self.forward = None
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()

@@ -120,16 +120,18 @@ def test_version() -> None:
 
 
 def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+    port, forward_port = free_port(), free_port()
     log_path = subprocess_log_path("cli-run")
     env = {key: value for key, value in os.environ.items() if not key.startswith("VAULTGATE_")}
     env.update(
         {
             "VAULTGATE_LISTEN": f"127.0.0.1:{port}",
+            "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
+            "VAULTGATE_FORWARD_LISTEN": f"127.0.0.1:{forward_port}",
+            "VAULTGATE_CA_DIR": str(tmp_path / "ca"),
             "VAULTGATE_STORE": f"sqlite:///{tmp_path / 'tokens.db'}",
             "VAULTGATE_KEY_FILE": str(tmp_path / "keys.yaml"),
             "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
-            "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
             "APP_UPSTREAM": "http://127.0.0.1:9",
         }
     )
@@ -161,6 +163,8 @@ def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert process.wait(timeout=30) == 0
     output = log_path.read_text()
     assert f"reverse proxy listening on http://127.0.0.1:{port}" in output
+    assert f"forward proxy listening on http://127.0.0.1:{forward_port}" in output
+    assert (tmp_path / "ca" / "vaultgate-ca.pem").stat().st_mode & 0o777 == 0o600
     assert "DEVELOPMENT key" in output
     assert "stopped" in output
 
@@ -216,6 +220,7 @@ def test_run_reloads_keys_on_sighup(tmp_path: Path) -> None:
             "VAULTGATE_KEY_FILE": str(key_file),
             "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
             "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
+            "VAULTGATE_FORWARD_LISTEN": "off",
             "VAULTGATE_DEVELOPMENT": "false",
             "APP_UPSTREAM": "http://127.0.0.1:9",
         }

@@ -6,6 +6,7 @@ It listens on a free loopback port. Tests set ``respond`` to shape the answer, a
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -31,7 +32,10 @@ async def echo_json(request: web.Request, received: ReceivedRequest) -> web.Stre
 
 
 class RecordingUpstream:
-    def __init__(self) -> None:
+    """``ssl_context``, when given, makes it an HTTPS server with that context's certificate."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.requests: list[ReceivedRequest] = []
         self.respond: Responder = echo_json
         self._runner: web.AppRunner | None = None
@@ -39,7 +43,8 @@ class RecordingUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def last(self) -> ReceivedRequest:
@@ -52,7 +57,7 @@ class RecordingUpstream:
         # auto_decompress off: the recording shows the bytes exactly as the gateway sent them.
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -7,6 +7,7 @@ authentication, and its routes with their field operations. See ``routes/`` for 
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from gateway.engine.routing import (
     Route,
     RouteMatch,
     UnmatchedPolicy,
+    UpstreamTls,
     detokenizes,
     reveals_to_caller,
 )
@@ -42,6 +44,10 @@ from gateway.tokens.formats import format_names
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Z]+$")
+# A DNS name as CONNECT and Host carry it: dot-separated labels of letters, digits and '-'.
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
 _SELECTOR_KEYS = ("json", "form", "multipart", "header", "query")
 _OPERATION_KEYS = (*_SELECTOR_KEYS, "action", "format", "deterministic", "ttl", "required", "class")
 # Headers that the relay itself sets or removes; a field rule on them would be overwritten.
@@ -64,21 +70,40 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-def load_connection_file(path: Path, environ: Mapping[str, str] | None = None) -> Connection:
-    """Read one route file; raise ``ConfigError`` listing every problem in it."""
+def load_connection_file(
+    path: Path, environ: Mapping[str, str] | None = None, *, base_dir: Path | None = None
+) -> Connection:
+    """Read one route file; raise ``ConfigError`` listing every problem in it.
+
+    Relative file names in it (``upstream_ca``, ``client_cert``, ``client_key``) are resolved
+    against ``base_dir``, the directory of the main configuration file. Without ``base_dir``
+    they are resolved against the route file's own directory.
+    """
     document = load_yaml_file(path, environ)
     problems: list[ConfigProblem] = []
     file = str(path)
     section = Section.of(document, file, problems, "", 1)
-    connection = _build_connection(section, file) if section else None
+    connection = _build_connection(section, file, base_dir or path.parent) if section else None
     if problems or connection is None:
         raise ConfigError(problems)
     return connection
 
 
-def _build_connection(section: Section, file: str) -> Connection | None:
+def _build_connection(section: Section, file: str, base_dir: Path) -> Connection | None:
     section.check_keys(
-        ("connection", "upstream", "mount", "unmatched", "auth", "case_sensitive_paths", "routes")
+        (
+            "connection",
+            "upstream",
+            "mount",
+            "unmatched",
+            "auth",
+            "case_sensitive_paths",
+            "hosts",
+            "upstream_ca",
+            "client_cert",
+            "client_key",
+            "routes",
+        )
     )
     name = section.string("connection", required=True) or ""
     if name and not _NAME.match(name):
@@ -89,6 +114,8 @@ def _build_connection(section: Section, file: str) -> Connection | None:
         )
     upstream = _upstream(section)
     mount = _mount(section)
+    hosts = _hosts(section)
+    upstream_tls = _upstream_tls(section, base_dir)
 
     unmatched_text = section.string("unmatched", "relay") or "relay"
     try:
@@ -126,6 +153,8 @@ def _build_connection(section: Section, file: str) -> Connection | None:
         auth=auth,
         case_sensitive_paths=case_sensitive,
         source=file,
+        hosts=hosts,
+        upstream_tls=upstream_tls,
     )
 
 
@@ -150,6 +179,66 @@ def _mount(section: Section) -> str:
     elif any(character in mount for character in "?#{}*"):
         section.problem("mount", f"mount {mount!r} must be a plain path prefix without patterns")
     return mount
+
+
+def _hosts(section: Section) -> tuple[str, ...]:
+    hosts: list[str] = []
+    for text in section.string_list("hosts", []):
+        host = text.strip().lower().removesuffix(".")
+        if not _HOST_NAME.match(host):
+            section.problem(
+                "hosts",
+                f"hosts entry {text!r} is not a host name",
+                "write the name alone, without scheme or port, such as api.stripe.com",
+            )
+        elif host in hosts:
+            section.problem("hosts", f"host {host} is listed twice")
+        else:
+            hosts.append(host)
+    return tuple(hosts)
+
+
+def _optional_path(section: Section, key: str, base_dir: Path) -> Path | None:
+    # An empty value, such as ${VARIABLE:-} with the variable unset, means none.
+    text = (section.string(key) or "").strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        section.problem(key, f"{key} {path} is not a readable file")
+    return path
+
+
+def _upstream_tls(section: Section, base_dir: Path) -> UpstreamTls | None:
+    ca_file = _optional_path(section, "upstream_ca", base_dir)
+    client_cert = _optional_path(section, "client_cert", base_dir)
+    client_key = _optional_path(section, "client_key", base_dir)
+    if client_key is not None and client_cert is None:
+        section.problem("client_key", "client_key needs client_cert", "add client_cert: FILE.pem")
+    if ca_file is None and client_cert is None:
+        return None
+
+    # Loading the files once here reports a bad PEM file at start-up, with its line.
+    context = ssl.create_default_context()
+    try:
+        if ca_file is not None and ca_file.is_file():
+            context.load_verify_locations(cafile=ca_file)
+    except ssl.SSLError as exc:
+        section.problem(
+            "upstream_ca", f"upstream_ca {ca_file} holds no valid PEM certificate: {exc.reason}"
+        )
+    try:
+        key_readable = client_key is None or client_key.is_file()
+        if client_cert is not None and client_cert.is_file() and key_readable:
+            context.load_cert_chain(client_cert, client_key)
+    except ssl.SSLError as exc:
+        section.problem(
+            "client_cert",
+            f"client_cert {client_cert} and its key cannot be loaded: {exc.reason}",
+            "give a PEM certificate, and its unencrypted PEM key in the same file or in client_key",
+        )
+    return UpstreamTls(ca_file=ca_file, client_cert=client_cert, client_key=client_key)
 
 
 def _client_auth(section: Section) -> ClientAuth | None:
@@ -417,10 +506,22 @@ def _selector(section: Section) -> FieldSelector | None:
 
 
 def check_connections(connections: list[Connection], problems: list[ConfigProblem]) -> None:
-    """Report what is wrong only across files: duplicate connection names and mounts."""
+    """Report what is wrong only across files: duplicate connection names, mounts and hosts."""
     names: dict[str, Connection] = {}
     mounts: dict[str, Connection] = {}
+    hosts: dict[str, Connection] = {}
     for connection in connections:
+        for host in connection.hosts:
+            if host in hosts:
+                problems.append(
+                    ConfigProblem(
+                        connection.source,
+                        None,
+                        f"host {host} is listed by two connections",
+                        f"also by connection {hosts[host].name!r} in {hosts[host].source}",
+                    )
+                )
+            hosts[host] = connection
         if connection.name in names:
             problems.append(
                 ConfigProblem(

@@ -18,11 +18,13 @@ from gateway.config.fields import Section
 from gateway.config.model import (
     Address,
     Config,
+    ForwardConfig,
     KeysConfig,
     Limits,
     ListenConfig,
     LoggingConfig,
     StoreConfig,
+    UnlistedHosts,
 )
 from gateway.config.policy import Places, read_classes, read_clients, read_roles
 from gateway.config.policy_check import PolicySources, check_policy
@@ -40,6 +42,7 @@ _SECTIONS = (
     "routes",
     "limits",
     "logging",
+    "forward",
     "clients",
     "classes",
     "roles",
@@ -69,6 +72,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     limits = _limits(root.section("limits"))
     logging_config = _logging(root.section("logging"))
     audit = read_audit(root.section("audit"), base_dir, store_url=store.url)
+    forward = _forward(root.section("forward"), base_dir)
     route_globs = tuple(root.string_list("routes", ["routes/*.yaml"]))
     connections = _connections(route_globs, path, root, problems, environ)
 
@@ -82,6 +86,16 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     connections = check_policy(policy, PolicySources(places), connections, problems, warnings)
     functions = read_functions_config(root.section("functions"), base_dir, problems)
     connections = check_function_steps(connections, functions, policy, problems)
+    if listen.forward is not None and not any(connection.hosts for connection in connections):
+        warnings.append(
+            ConfigProblem(
+                file,
+                None,
+                "listen.forward is on, but no route file lists hosts, so the forward proxy "
+                "rejects every request",
+                "add hosts: [api.example.com] to a route file, or set listen.forward: off",
+            )
+        )
 
     if problems:
         raise ConfigError(problems)
@@ -93,6 +107,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         routes=route_globs,
         limits=limits,
         logging=logging_config,
+        forward=forward,
         connections=tuple(connections),
         policy=policy,
         functions=functions,
@@ -119,16 +134,20 @@ def parse_address(text: str) -> Address:
 def _listen(section: Section | None) -> ListenConfig:
     if section is None:
         return ListenConfig()
-    section.check_keys(("reverse", "admin"))
+    section.check_keys(("reverse", "admin", "forward"))
     defaults = ListenConfig()
     return ListenConfig(
         reverse=_address(section, "reverse", defaults.reverse) or defaults.reverse,
         admin=_address(section, "admin", defaults.admin),
+        forward=_address(section, "forward", defaults.forward),
     )
 
 
 def _address(section: Section, key: str, default: Address | None) -> Address | None:
     """Read a ``host:port``; ``off`` turns an optional listener off."""
+    if key != "reverse" and section.raw(key) is False:
+        # YAML reads a bare off as a boolean.
+        return None
     text = section.string(key)
     if text is None:
         return default
@@ -212,6 +231,50 @@ def _limits(section: Section | None) -> Limits:
     )
 
 
+def _forward(section: Section | None, base_dir: Path) -> ForwardConfig:
+    defaults = ForwardConfig()
+    if section is None:
+        return ForwardConfig(ca_dir=base_dir / defaults.ca_dir)
+    section.check_keys(("ca_dir", "unlisted_hosts", "proxy_auth"))
+    ca_dir = Path(section.string("ca_dir") or str(defaults.ca_dir)).expanduser()
+    unlisted_text = section.string("unlisted_hosts", "deny") or "deny"
+    try:
+        unlisted = UnlistedHosts(unlisted_text.strip().lower())
+    except ValueError:
+        section.problem(
+            "unlisted_hosts",
+            f"forward.unlisted_hosts must be deny or tunnel, not {unlisted_text!r}",
+        )
+        unlisted = defaults.unlisted_hosts
+    proxy_auth = _proxy_auth(section)
+    if not proxy_auth and unlisted is UnlistedHosts.TUNNEL:
+        # Without credentials, tunnels to any host would make the gateway an open proxy.
+        section.problem(
+            "proxy_auth",
+            "forward.proxy_auth: off cannot be combined with forward.unlisted_hosts: tunnel",
+            "keep proxy_auth: required, or set unlisted_hosts: deny",
+        )
+    return ForwardConfig(
+        ca_dir=ca_dir if ca_dir.is_absolute() else base_dir / ca_dir,
+        unlisted_hosts=unlisted,
+        proxy_auth=proxy_auth,
+    )
+
+
+def _proxy_auth(section: Section) -> bool:
+    raw = section.raw("proxy_auth")
+    if isinstance(raw, bool):
+        # YAML reads a bare off or on as a boolean.
+        return raw
+    text = (section.string("proxy_auth", "required") or "required").strip().lower()
+    if text in ("required", "true", "yes", "on", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    section.problem("proxy_auth", f"forward.proxy_auth must be required or off, not {text!r}")
+    return True
+
+
 def _logging(section: Section | None) -> LoggingConfig:
     if section is None:
         return LoggingConfig()
@@ -250,7 +313,9 @@ def _connections(
             root.problem("routes", f"routes entry {pattern!r} matches no file")
         for route_file in paths:
             try:
-                connections.append(load_connection_file(Path(route_file), environ))
+                connections.append(
+                    load_connection_file(Path(route_file), environ, base_dir=config_path.parent)
+                )
             except ConfigError as exc:
                 problems.extend(exc.problems)
     check_connections(connections, problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,25 @@ class ListenConfig:
     reverse: Address = Address("127.0.0.1", 8080)
     admin: Address | None = Address("127.0.0.1", 8082)
     """The vault API; None turns it off."""
+    forward: Address | None = None
+    """The forward proxy (HTTPS_PROXY); None, the default when the key is absent, turns it off."""
+
+
+class UnlistedHosts(enum.Enum):
+    """The forward proxy's handling of a host that no connection lists."""
+
+    DENY = "deny"
+    TUNNEL = "tunnel"
+    """Relay CONNECT tunnels to such hosts without interception."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    ca_dir: Path = Path("var/ca")
+    """Directory of the CA that signs the forward proxy's certificates for intercepted hosts."""
+    unlisted_hosts: UnlistedHosts = UnlistedHosts.DENY
+    proxy_auth: bool = True
+    """Require ``Proxy-Authorization: Basic`` with a client name and key on every CONNECT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +101,7 @@ class Config:
     routes: tuple[str, ...] = ("routes/*.yaml",)
     limits: Limits = field(default_factory=Limits)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     connections: tuple[Connection, ...] = ()
     policy: PolicySet = field(default_factory=PolicySet)
     functions: FunctionsConfig = field(default_factory=FunctionsConfig)

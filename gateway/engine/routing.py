@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.engine.paths import (
@@ -113,6 +114,17 @@ class ClientAuth:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """Extra TLS settings for a connection's upstream, on top of the system trust store."""
+
+    ca_file: Path | None = None
+    """A PEM bundle of CA certificates trusted in addition to the system store."""
+    client_cert: Path | None = None
+    """A PEM client certificate for mutual TLS; the key is in it unless ``client_key`` is set."""
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
     name: str
     upstream: str
@@ -124,6 +136,9 @@ class Connection:
     case_sensitive_paths: bool = False
     source: str = ""
     """The route file this connection came from, for messages."""
+    hosts: tuple[str, ...] = ()
+    """Host names whose traffic the forward proxy intercepts for this connection, lower case."""
+    upstream_tls: UpstreamTls | None = None
 
     def find_route(self, method: str, path: str, media_type: str | None) -> Route | None:
         """Return the first route that fits, given the path below the mount.
@@ -194,6 +209,7 @@ __all__ = [
     "RouteMatch",
     "Router",
     "UnmatchedPolicy",
+    "UpstreamTls",
     "detokenizes",
     "reveals_to_caller",
 ]

@@ -209,7 +209,9 @@ class ReverseProxy:
             if request.content_length is not None:
                 headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
             body = request.content.iter_chunked(_CHUNK)
-        upstream = await self._upstream.send(url, request.method, headers, body)
+        upstream = await self._upstream.send(
+            url, request.method, headers, body, connection=exchange.connection
+        )
         try:
             return await _stream_response(request, upstream)
         finally:
@@ -234,7 +236,9 @@ class ReverseProxy:
         url = base + message.path + (f"?{parts.query}" if parts.query else "")
 
         send_body = parts.body if (parts.body or request.body_exists) else None
-        upstream = await self._upstream.send(url, message.method, parts.headers, send_body)
+        upstream = await self._upstream.send(
+            url, message.method, parts.headers, send_body, connection=caller.connection
+        )
         try:
             if not (route.response or route.response_functions):
                 return await _stream_response(request, upstream)

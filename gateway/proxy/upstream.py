@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable
+import ssl
+from collections.abc import AsyncIterable, Sequence
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import Limits
+from gateway.engine.routing import Connection, UpstreamTls
 from gateway.errors import UpstreamResponseError, UpstreamTimeoutError, UpstreamUnreachableError
 
 logger = logging.getLogger("gateway.proxy")
@@ -24,10 +26,26 @@ logger = logging.getLogger("gateway.proxy")
 _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
+def upstream_ssl_context(tls: UpstreamTls) -> ssl.SSLContext:
+    """Return a context that verifies against the system store plus ``tls.ca_file``, and
+    presents ``tls.client_cert`` when it is set."""
+    context = ssl.create_default_context()
+    if tls.ca_file is not None:
+        context.load_verify_locations(cafile=tls.ca_file)
+    if tls.client_cert is not None:
+        context.load_cert_chain(tls.client_cert, tls.client_key)
+    return context
+
+
 class UpstreamClient:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, connections: Sequence[Connection] = ()) -> None:
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._ssl_contexts = {
+            connection.name: upstream_ssl_context(connection.upstream_tls)
+            for connection in connections
+            if connection.upstream_tls is not None
+        }
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
@@ -55,13 +73,19 @@ class UpstreamClient:
         method: str,
         headers: CIMultiDict[str],
         body: bytes | AsyncIterable[bytes] | None,
+        *,
+        connection: str | None = None,
+        server_hostname: str | None = None,
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response once its headers have arrived.
 
-        ``url`` is used as given, already percent-encoded. The caller releases the response.
+        ``url`` is used as given, already percent-encoded. ``connection`` selects the
+        connection's TLS settings. ``server_hostname`` is the TLS server name to send and verify
+        when it differs from the URL's host. The caller releases the response.
         Raises ``UpstreamUnreachableError`` (502) and ``UpstreamTimeoutError`` (504).
         """
         assert self._session is not None, "UpstreamClient.start() was not awaited"
+        tls: ssl.SSLContext | bool = self._ssl_contexts.get(connection or "", True)
         try:
             return await self._session.request(
                 method,
@@ -70,6 +94,8 @@ class UpstreamClient:
                 data=body,
                 allow_redirects=False,
                 compress=None,
+                ssl=tls,
+                server_hostname=server_hostname,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError("the upstream did not answer in time") from exc
