@@ -144,11 +144,22 @@ def seal_events(
     for event in events:
         seq += 1
         fields = event_fields(event) | {"seq": seq, "time": time, "prev": prev}
-        mac = compute_mac(key, fields)
-        line = canonical_json(fields | {"mac": mac}) + b"\n"
-        records.append(AuditRecord(seq, mac, line))
+        unsigned = canonical_json(fields)
+        mac = hmac.new(key, unsigned, hashlib.sha256).hexdigest()
+        records.append(AuditRecord(seq, mac, _with_mac(unsigned, mac) + b"\n"))
         prev = mac
     return records
+
+
+def _with_mac(unsigned: bytes, mac: str) -> bytes:
+    """Insert ``"mac"`` into a canonical encoding at its sorted place, before ``"operation"``.
+
+    This equals encoding the fields with the mac again, because keys are sorted and ``mac``
+    sorts between ``connection`` and ``operation``. The text ``,"operation":`` cannot occur
+    inside a string value, where every quote is escaped, so its first occurrence is the key.
+    """
+    position = unsigned.index(b',"operation":')
+    return unsigned[:position] + b',"mac":"' + mac.encode() + b'"' + unsigned[position:]
 
 
 def check_line(line: bytes, key: bytes) -> CheckedRecord | LineProblem:

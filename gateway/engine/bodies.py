@@ -62,11 +62,19 @@ def check_charset(media_type: MediaType) -> None:
 # JSON
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class JsonObject(dict[str, Any]):
+    """A parsed JSON object that also maps each key's case-folded form to the key itself."""
+
+    __slots__ = ("folded",)
+    folded: dict[str, str]
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> JsonObject:
     # Keys that differ only in case count as duplicates, because Go's encoding/json and
     # ASP.NET Core bind them to one field: the backend could read the copy a rule skipped.
-    document = dict(pairs)
-    if len({key.casefold() for key in document}) != len(pairs):
+    document = JsonObject(pairs)
+    document.folded = {key.casefold(): key for key in document}
+    if len(document.folded) != len(pairs):
         raise InvalidBodyError(
             "JSON body has a duplicate object key (keys that differ only in case count too)"
         )

@@ -152,10 +152,19 @@ def _select(selector: Selector, value: Any) -> Iterator[tuple[Place, Any]]:
     match selector:
         case Names(names):
             if isinstance(value, dict):
+                # A freshly parsed object knows its folded keys; any other object is searched.
+                folded_keys: dict[str, str] | None = getattr(value, "folded", None)
+                if folded_keys is not None and len(folded_keys) != len(value):
+                    folded_keys = None
                 for name in names:
                     if name in value:
                         yield (value, name), value[name]
                     folded = name.casefold()
+                    if folded_keys is not None:
+                        key = folded_keys.get(folded)
+                        if key is not None and key != name and key in value:
+                            yield (value, key), value[key]
+                        continue
                     for key, member in value.items():
                         if key != name and key.casefold() == folded:
                             yield (value, key), member

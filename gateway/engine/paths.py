@@ -126,24 +126,42 @@ def without_format_suffix(key: str) -> str | None:
     return key[: match.start()]
 
 
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A connection's path prefix, split into matching segments once at start-up."""
+
+    segments: tuple[str, ...]
+    """The mount's segments as ``matching_key`` gives them; empty for ``/``."""
+    case_sensitive: bool
+
+    @classmethod
+    def compile(cls, mount: str, *, case_sensitive: bool) -> Mount:
+        key = matching_key(mount, case_sensitive=case_sensitive)
+        return cls(tuple(key.split("/")[1:]) if key != "/" else (), case_sensitive)
+
+    def strip(self, normalized_path: str, segments: list[str] | None = None) -> str | None:
+        """Return the path below the mount, or None when the path is not under it.
+
+        The mount must end at a segment boundary: ``/stripe`` contains ``/stripe/v1`` but not
+        ``/stripes``. Matrix parameters in the mount's own segments are dropped with it.
+        ``segments`` is ``normalized_path.split("/")`` when the caller has it already.
+        """
+        if not self.segments:
+            return normalized_path
+        if segments is None:
+            segments = normalized_path.split("/")
+        count = len(self.segments)
+        if len(segments) <= count:
+            return None
+        for segment, expected in zip(segments[1 : count + 1], self.segments, strict=True):
+            segment = segment.split(";", 1)[0]
+            if not self.case_sensitive:
+                segment = segment.lower()
+            if segment != expected:
+                return None
+        return "/" + "/".join(segments[count + 1 :])
+
+
 def strip_mount(normalized_path: str, mount: str, *, case_sensitive: bool) -> str | None:
-    """Return the path below ``mount``, or None when the path is not under it.
-
-    The mount must end at a segment boundary: ``/stripe`` contains ``/stripe/v1`` but not
-    ``/stripes``. Matrix parameters in the mount's own segments are dropped with it.
-    """
-    mount_key = matching_key(mount, case_sensitive=case_sensitive)
-    if mount_key == "/":
-        return normalized_path
-
-    segments = normalized_path.split("/")
-    mount_segments = mount_key.split("/")
-    if len(segments) < len(mount_segments):
-        return None
-    head = "/".join(segment.split(";", 1)[0] for segment in segments[: len(mount_segments)])
-    if not case_sensitive:
-        head = head.lower()
-    if head != mount_key:
-        return None
-    rest = "/".join(segments[len(mount_segments) :])
-    return "/" + rest
+    """Return the path below ``mount``, or None when the path is not under it (see ``Mount``)."""
+    return Mount.compile(mount, case_sensitive=case_sensitive).strip(normalized_path)

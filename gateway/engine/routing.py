@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.engine.paths import (
+    Mount,
     PathPattern,
     matching_key,
     normalize_path,
-    strip_mount,
     without_format_suffix,
 )
 from gateway.engine.selectors import FieldSelector
@@ -168,22 +168,24 @@ class Router:
     """Finds the connection for a request path on the reverse listener: the longest mount wins."""
 
     def __init__(self, connections: Sequence[Connection]) -> None:
-        self._connections = sorted(
-            connections,
-            key=lambda connection: len(matching_key(connection.mount, case_sensitive=True)),
-            reverse=True,
-        )
+        mounts = [
+            (
+                Mount.compile(connection.mount, case_sensitive=connection.case_sensitive_paths),
+                connection,
+            )
+            for connection in connections
+        ]
+        self._mounts = sorted(mounts, key=lambda item: len(item[0].segments), reverse=True)
 
     @property
     def connections(self) -> tuple[Connection, ...]:
-        return tuple(self._connections)
+        return tuple(connection for _, connection in self._mounts)
 
     def find_connection(self, raw_path: str) -> MountMatch | None:
         path = normalize_path(raw_path)
-        for connection in self._connections:
-            rest = strip_mount(
-                path, connection.mount, case_sensitive=connection.case_sensitive_paths
-            )
+        segments = path.split("/")
+        for mount, connection in self._mounts:
+            rest = mount.strip(path, segments)
             if rest is not None:
                 return MountMatch(connection, rest)
         return None

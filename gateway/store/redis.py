@@ -34,6 +34,7 @@ from redis.backoff import NoBackoff
 
 from gateway.errors import StoreError, StoreUnavailableError
 from gateway.store.base import PutRequest, PutResult, PutStatus, StoredRecord, TokenStore
+from gateway.store.coalesce import Coalescer
 from gateway.store.redis_scripts import (
     COUNT_SCRIPT,
     DELETE_SCRIPT,
@@ -103,6 +104,9 @@ class RedisStore(TokenStore):
             retry=Retry(NoBackoff(), retries=1),
         )
         self._put_script = self._client.register_script(PUT_SCRIPT)
+        # Concurrent requests' batches go to Redis together, one round trip for all of them.
+        self._put_batches: Coalescer[PutRequest, PutResult] = Coalescer(self._put_now)
+        self._get_batches: Coalescer[bytes, StoredRecord | None] = Coalescer(self._get_now)
         self._delete_script = self._client.register_script(DELETE_SCRIPT)
         self._erase_script = self._client.register_script(ERASE_SCRIPT)
         self._replace_script = self._client.register_script(REPLACE_SCRIPT)
@@ -119,6 +123,13 @@ class RedisStore(TokenStore):
     async def put_many(self, requests: Sequence[PutRequest]) -> list[PutResult]:
         if not requests:
             return []
+        for request in requests:
+            # Checked here, so that one caller's mistake cannot fail the others' batch.
+            if (request.index_key is None) != (request.sealed_token is None):
+                raise ValueError("index_key and sealed_token must be given together")
+        return await self._put_batches.submit(requests)
+
+    async def _put_now(self, requests: list[PutRequest]) -> list[PutResult]:
         keys: list[bytes] = []
         arguments: list[bytes | int | str] = [self._prefix]
         for request in requests:
@@ -153,6 +164,9 @@ class RedisStore(TokenStore):
     async def get_many(self, lookup_keys: Sequence[bytes]) -> list[StoredRecord | None]:
         if not lookup_keys:
             return []
+        return await self._get_batches.submit(lookup_keys)
+
+    async def _get_now(self, lookup_keys: list[bytes]) -> list[StoredRecord | None]:
         async with self._mapped_errors("get_many"):
             values = await self._client.mget([self.record_key(key) for key in lookup_keys])
         return [

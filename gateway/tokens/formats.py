@@ -72,9 +72,13 @@ def _solve_luhn_digit(number: str, index: int) -> str:
     Exactly one digit works wherever it sits, because doubling with 9 subtracted maps 0-9 onto
     0-9 one to one.
     """
-    for digit in string.digits:
-        if is_luhn_valid(number[:index] + digit + number[index + 1 :]):
-            return digit
+    # A 0 at ``index`` adds nothing, so the sum without it tells what the digit must add.
+    rest = _luhn_sum(number[:index] + "0" + number[index + 1 :])
+    doubled = (len(number) - 1 - index) % 2 == 1
+    for digit in range(10):
+        added = (digit * 2 - 9 if digit > 4 else digit * 2) if doubled else digit
+        if (rest + added) % 10 == 0:
+            return str(digit)
     raise AssertionError("unreachable: some digit always completes the Luhn check")
 
 
@@ -148,7 +152,7 @@ class _CardFormat(TokenFormat):
 
     def _random_card_digits(self, digits: str) -> str:
         middle_length = len(digits) - self.kept_prefix - 4
-        middle = "".join(secrets.choice(string.digits) for _ in range(middle_length))
+        middle = f"{secrets.randbelow(10**middle_length):0{middle_length}d}"
         candidate = digits[: self.kept_prefix] + middle + digits[-4:]
         # The last random digit is chosen to make the number pass the Luhn check.
         fixed_index = len(digits) - 5

@@ -196,3 +196,19 @@ def test_check_line_rejects_other_key() -> None:
 
     assert isinstance(checked, LineProblem)
     assert checked.kind == "invalid mac"
+
+
+def test_line_equals_full_canonical_encoding_for_tricky_text() -> None:
+    # The line is built by inserting the mac; a reason that imitates the key must not fool it.
+    event = AuditEvent(
+        action="detokenize",
+        outcome=Outcome.DENIED,
+        client='x","operation":"y',
+        connection=',"operation":',
+        operation="POST /v1/detokenize",
+        reason=',"operation":"fake"',
+    )
+    [record] = seal_events([event], ChainPosition(), b"k" * 32, datetime(2026, 1, 1, tzinfo=UTC))
+    fields = json.loads(record.line)
+    assert record.line == canonical_json(fields) + b"\n"
+    assert fields["operation"] == "POST /v1/detokenize"
