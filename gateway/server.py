@@ -20,7 +20,7 @@ from gateway.audit.writer import open_audit_log
 from gateway.config.model import Address, Config
 from gateway.engine.routing import Router
 from gateway.errors import KeyMaterialError
-from gateway.functions.pool import FunctionPool, start_pool
+from gateway.functions.pool import FunctionPools, start_pool
 from gateway.functions.reload import reload_routes
 from gateway.metrics import Metrics, MetricsAuditSink
 from gateway.policy.enforcer import ApiOperations, Enforcer
@@ -101,7 +101,7 @@ class Gateway:
             sinks.insert(0, self.audit_log)
         return FanOutAuditSink(sinks)
 
-    async def _start_listeners(self, enforcer: Enforcer, functions: FunctionPool | None) -> None:
+    async def _start_listeners(self, enforcer: Enforcer, functions: FunctionPools | None) -> None:
         config = self.config
         proxy = ReverseProxy(
             Router(config.connections),

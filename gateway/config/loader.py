@@ -86,6 +86,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     connections = check_policy(policy, PolicySources(places), connections, problems, warnings)
     functions = read_functions_config(root.section("functions"), base_dir, problems)
     connections = check_function_steps(connections, functions, policy, problems)
+    _check_forward_steps(connections, problems)
     if listen.forward is not None and not any(connection.hosts for connection in connections):
         warnings.append(
             ConfigProblem(
@@ -114,6 +115,30 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         audit=audit,
         warnings=tuple(warnings),
     )
+
+
+def _check_forward_steps(connections: list[Connection], problems: list[ConfigProblem]) -> None:
+    """Report routes with function steps on connections that the forward proxy serves.
+
+    NOTE: the forward proxy runs field operations but not function steps yet, so such a route
+    would relay, through the forward proxy, what a step removes through the reverse listener.
+    """
+    for connection in connections:
+        if not connection.hosts:
+            continue
+        for route in connection.routes:
+            if route.request_functions or route.response_functions:
+                problems.append(
+                    ConfigProblem(
+                        connection.source,
+                        None,
+                        f"route {route.name!r} has function steps, but connection "
+                        f"{connection.name!r} lists hosts, and the forward proxy does not run "
+                        "function steps",
+                        "remove hosts from the connection, or move the steps to a connection "
+                        "without hosts",
+                    )
+                )
 
 
 def parse_address(text: str) -> Address:

@@ -196,8 +196,8 @@ def _grant(entry: Section) -> Grant | None:
     if view_text is not None:
         try:
             view = View.parse(view_text)
-        except ValueError as exc:
-            entry.problem("view", str(exc))
+        except ValueError:
+            entry.problem("view", f"view {view_text!r} is unknown; use plain, masked or redacted")
     rate_limit = None
     rate_text = entry.string("rate_limit")
     if rate_text is not None:

@@ -31,7 +31,7 @@ from gateway.functions.message import (
     from_function_message,
     to_function_message,
 )
-from gateway.functions.pool import FunctionPool, VaultHandler
+from gateway.functions.pool import FunctionPools, VaultHandler
 from gateway.policy.enforcer import ApiOperations, Caller, Enforcer, Phase
 from gateway.policy.model import Client
 from gateway.tokens.vault import ValueType
@@ -40,7 +40,7 @@ logger = logging.getLogger("gateway.functions")
 
 
 class PhaseRunner:
-    def __init__(self, enforcer: Enforcer, limits: Limits, pool: FunctionPool | None) -> None:
+    def __init__(self, enforcer: Enforcer, limits: Limits, pool: FunctionPools | None) -> None:
         self._enforcer = enforcer
         self._api = ApiOperations(enforcer)
         self._limits = limits
@@ -105,10 +105,14 @@ class PhaseRunner:
 
         async def handle(request: dict[str, Any]) -> dict[str, Any]:
             if client is None:
-                return _denied(
+                reason = (
                     f"function {step.name} has no role or client on its step, so it may not use "
                     "the vault"
                 )
+                operation = request.get("op")
+                action = operation if operation in ("tokenize", "detokenize") else "detokenize"
+                await self._enforcer.record_denial(function_caller, reason, action=action)
+                return _denied(reason)
             return await self._vault_request(request, function_caller, phase)
 
         return handle

@@ -137,11 +137,12 @@ class _Worker:
 
 
 class FunctionPool:
-    """Runs operator functions in ``config.workers`` worker processes."""
+    """Runs one operator function module in ``config.workers`` worker processes."""
 
-    def __init__(self, config: FunctionsConfig, limits: Limits) -> None:
+    def __init__(self, config: FunctionsConfig, limits: Limits, module: str) -> None:
         self._config = config
         self._limits = limits
+        self._module = module
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._workers: set[_Worker] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -203,7 +204,8 @@ class FunctionPool:
         self._workers.add(worker)
         setup = {
             "dir": str(self._config.directory),
-            "modules": {name: module.path.name for name, module in self._config.modules.items()},
+            # Only this pool's module: no other function's code shares the process.
+            "modules": {self._module: self._config.modules[self._module].path.name},
             "memory_limit": self._config.memory_limit,
         }
         try:
@@ -223,7 +225,8 @@ class FunctionPool:
     def _log_confinement(self, ready: dict[str, Any]) -> None:
         abi = ready.get("landlock_abi", 0)
         logger.info(
-            "function workers started: %d, Landlock ABI %s, user id %s, memory limit %d bytes",
+            "function %s: workers started: %d, Landlock ABI %s, user id %s, memory limit %d bytes",
+            self._module,
             self._config.workers,
             abi,
             ready.get("user"),
@@ -348,7 +351,43 @@ class FunctionPool:
                 worker.process.stdin.close()
         await asyncio.gather(*(worker.wait_stopped() for worker in list(self._workers)))
         self._workers.clear()
-        logger.info("function workers stopped")
+        logger.info("function %s: workers stopped", self._module)
+
+
+class FunctionPools:
+    """One ``FunctionPool`` per operator function module.
+
+    A function's code never shares a process with another function's, because a module could
+    otherwise patch the worker and read what another function, with another role, receives
+    from the vault.
+    """
+
+    def __init__(self, config: FunctionsConfig, limits: Limits, modules: Sequence[str]) -> None:
+        self._config = config
+        self._pools = {name: FunctionPool(config, limits, name) for name in sorted(set(modules))}
+
+    @property
+    def config(self) -> FunctionsConfig:
+        return self._config
+
+    async def start(self) -> None:
+        """Start every module's workers; on a failure, stop all of them and raise it."""
+        results = await asyncio.gather(
+            *(pool.start() for pool in self._pools.values()), return_exceptions=True
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            await self.stop()
+            raise failures[0]
+
+    async def call(
+        self, name: str, message: dict[str, Any], args: dict[str, Any], vault: VaultHandler
+    ) -> Any:
+        """Run function ``name`` in its own module's workers; see ``FunctionPool.call``."""
+        return await self._pools[name].call(name, message, args, vault)
+
+    async def stop(self, *, grace: float = 0.0) -> None:
+        await asyncio.gather(*(pool.stop(grace=grace) for pool in self._pools.values()))
 
 
 def _call_error(name: str, error: dict[str, Any], memory_limit: int) -> MessageError:
@@ -372,20 +411,27 @@ def _call_error(name: str, error: dict[str, Any], memory_limit: int) -> MessageE
     )
 
 
-def uses_worker_functions(connections: Sequence[Connection]) -> bool:
-    """Tell whether any route runs an operator function, which needs the worker pool."""
-    return any(
-        step.compiled is None
+def worker_functions(connections: Sequence[Connection]) -> set[str]:
+    """Return the operator functions (not built-in steps) that routes run."""
+    return {
+        step.name
         for connection in connections
         for route in connection.routes
         for step in (*route.request_functions, *route.response_functions)
-    )
+        if step.compiled is None
+    }
 
 
-async def start_pool(config: Config) -> FunctionPool | None:
-    """Start the worker pool that the configuration's routes need, or return None."""
-    if not uses_worker_functions(config.connections):
+def uses_worker_functions(connections: Sequence[Connection]) -> bool:
+    """Tell whether any route runs an operator function, which needs worker processes."""
+    return bool(worker_functions(connections))
+
+
+async def start_pool(config: Config) -> FunctionPools | None:
+    """Start the workers that the configuration's routes need, or return None."""
+    names = worker_functions(config.connections)
+    if not names:
         return None
-    pool = FunctionPool(config.functions, config.limits)
-    await pool.start()
-    return pool
+    pools = FunctionPools(config.functions, config.limits, sorted(names))
+    await pools.start()
+    return pools

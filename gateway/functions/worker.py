@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Callable
@@ -181,9 +182,14 @@ def main() -> None:
         name: _Function(name, os.path.join(setup["dir"], file_name))
         for name, file_name in setup["modules"].items()
     }
+    # Confinement comes before any operator code runs, import time included: Landlock and the
+    # capability drop bind only the thread that applies them and the threads it starts later,
+    # so the worker must still be single-threaded here.
+    if threading.active_count() != 1:
+        raise RuntimeError("a function worker must confine itself before starting threads")
+    confinement = confine([setup["dir"], *python_paths()], int(setup["memory_limit"]))
     for function in functions.values():
         function.load()
-    confinement = confine([setup["dir"], *python_paths()], int(setup["memory_limit"]))
     channel.write(
         {
             "ready": True,

@@ -9,7 +9,8 @@ written before any plaintext is released: when they cannot be written, nothing i
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import inspect
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.audit.events import AuditEvent, AuditSink, Outcome
@@ -109,10 +110,12 @@ class Enforcer:
     def policy(self) -> PolicySet:
         return self._policy
 
-    async def record_denial(self, caller: Caller, reason: str) -> None:
+    async def record_denial(
+        self, caller: Caller, reason: str, *, action: str = "authenticate"
+    ) -> None:
         """Audit a request refused before any field was read, such as a wrong API key."""
         event = AuditEvent(
-            action="authenticate",
+            action=action,
             outcome=Outcome.DENIED,
             client=caller.client_name,
             connection=caller.connection,
@@ -238,6 +241,13 @@ class Enforcer:
                 error = ForbiddenError(
                     f"client {caller.client.name!r} may not detokenize class {class_name!r}"
                 )
+            elif phase is Phase.REQUEST and grant.view is not View.PLAIN:
+                # The upstream gets plaintext, and so may the caller through it (an upstream
+                # can echo what it got), so a masked or redacted grant does not allow it.
+                error = ForbiddenError(
+                    f"client {caller.client.name!r} may see class {class_name!r} only "
+                    f"{grant.view.label}, and a request sends the plain value upstream"
+                )
             elif grant.rate_limit is not None and not self._limiter.try_take(
                 caller.client.name, class_name, grant.rate_limit
             ):
@@ -278,7 +288,9 @@ class ApiOperations:
         for position, (value, value_type, class_name) in enumerate(items):
             data_class = policy.classes.get(class_name)
             if data_class is None:
-                results[position] = InvalidValueError(f"class {class_name!r} is not defined")
+                reason = "the class is not defined"
+                audit.add(PolicyAction.TOKENIZE, Outcome.FAILED, None, None, reason=reason)
+                results[position] = InvalidValueError(reason)
                 continue
             if (
                 caller.client is None
@@ -371,7 +383,11 @@ class ApiOperations:
         return results
 
     async def delete(self, caller: Caller, token: str) -> None:
-        """Delete one token; raise ``InvalidTokenError`` or ``ForbiddenError`` when it cannot."""
+        """Delete one token; raise ``InvalidTokenError`` or ``ForbiddenError`` when it cannot.
+
+        The record of an allowed delete is written before the token is deleted: when the audit
+        trail cannot be written, nothing is deleted.
+        """
         enforcer, vault = self._enforcer, self._enforcer._vault
         audit = _Audit(caller)
         fingerprint = vault.fingerprint(token)
@@ -389,36 +405,51 @@ class ApiOperations:
             self._authorize_delete(
                 caller, revealed.class_name, fingerprint, audit, PolicyAction.DELETE
             )
-            await vault.delete_tokens([token])
-            audit.add(PolicyAction.DELETE, Outcome.ALLOWED, revealed.class_name, fingerprint)
         finally:
-            if audit.events:
-                await enforcer._audit.record(audit.events)
+            await _flush(enforcer, audit)
+
+        await _record_before(
+            enforcer,
+            audit,
+            PolicyAction.DELETE,
+            revealed.class_name,
+            fingerprint,
+            vault.delete_tokens([token]),
+        )
 
     async def erase(self, caller: Caller, class_name: str, values: Sequence[str]) -> int:
-        """Erase the deterministic tokens of values of one class; return how many were deleted."""
+        """Erase the deterministic tokens of values of one class; return how many were deleted.
+
+        As with ``delete``, the record is written before anything is erased.
+        """
         enforcer, policy = self._enforcer, self._enforcer.policy
         audit = _Audit(caller)
         try:
             data_class = policy.classes.get(class_name)
-            if data_class is None:
-                raise InvalidValueError(f"class {class_name!r} is not defined")
-            if not data_class.deterministic:
-                raise InvalidValueError(
-                    f"class {class_name!r} is not deterministic, so its tokens cannot be found "
-                    "by value; delete them by token"
+            if data_class is None or not data_class.deterministic:
+                # The caller's text is not quoted: a value put in the wrong field would leak.
+                reason = (
+                    "the class is not defined"
+                    if data_class is None
+                    else "the class is not deterministic, so its tokens cannot be found by "
+                    "value; delete them by token"
                 )
+                audit.add(PolicyAction.ERASE, Outcome.FAILED, None, None, reason=reason)
+                raise InvalidValueError(reason)
             self._authorize_delete(caller, class_name, None, audit, PolicyAction.ERASE)
-            erased = await enforcer._vault.erase_values(
-                [(class_name, data_class.format, value) for value in values]
-            )
-            audit.add(
-                PolicyAction.ERASE, Outcome.ALLOWED, class_name, None, reason=f"{erased} erased"
-            )
-            return erased
         finally:
-            if audit.events:
-                await enforcer._audit.record(audit.events)
+            await _flush(enforcer, audit)
+
+        return await _record_before(
+            enforcer,
+            audit,
+            PolicyAction.ERASE,
+            class_name,
+            None,
+            enforcer._vault.erase_values(
+                [(class_name, data_class.format, value) for value in values]
+            ),
+        )
 
     def _authorize_delete(
         self,
@@ -436,6 +467,39 @@ class ApiOperations:
             reason = f"client {caller.client_name!r} may not delete class {class_name!r}"
             audit.add(action, Outcome.DENIED, class_name, fingerprint, reason=reason)
             raise ForbiddenError(reason)
+
+
+async def _flush(enforcer: Enforcer, audit: _Audit) -> None:
+    if audit.events:
+        await enforcer._audit.record(audit.events)
+        audit.events.clear()
+
+
+async def _record_before[Result](
+    enforcer: Enforcer,
+    audit: _Audit,
+    action: PolicyAction,
+    class_name: str,
+    fingerprint: str | None,
+    operation: Awaitable[Result],
+) -> Result:
+    """Record an allowed action, then perform it; a failure of it is recorded too.
+
+    When the allowed record cannot be written, ``operation`` is closed without running.
+    """
+    audit.add(action, Outcome.ALLOWED, class_name, fingerprint)
+    try:
+        await _flush(enforcer, audit)
+    except BaseException:
+        if inspect.iscoroutine(operation):
+            operation.close()
+        raise
+    try:
+        return await operation
+    except Exception:
+        audit.add(action, Outcome.FAILED, class_name, fingerprint, reason="the store failed")
+        await _flush(enforcer, audit)
+        raise
 
 
 def _item_of(value: str, value_type: ValueType, data_class: DataClass) -> TokenizeItem:

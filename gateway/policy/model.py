@@ -32,7 +32,8 @@ class View(enum.IntEnum):
         try:
             return cls[text.strip().upper()]
         except KeyError:
-            raise ValueError(f"view {text!r} is unknown; use plain, masked or redacted") from None
+            # The text is not quoted: a caller may have put a value in the wrong field.
+            raise ValueError("the view is unknown; use plain, masked or redacted") from None
 
     @property
     def label(self) -> str:

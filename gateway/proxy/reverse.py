@@ -42,7 +42,7 @@ from gateway.errors import (
 )
 from gateway.functions.message import HttpMessage
 from gateway.functions.phase import PhaseRunner
-from gateway.functions.pool import FunctionPool
+from gateway.functions.pool import FunctionPools
 from gateway.policy.enforcer import Caller, Enforcer, Phase
 from gateway.proxy.errors import error_response
 from gateway.proxy.upstream import UpstreamClient, read_limited
@@ -88,7 +88,7 @@ class ReverseProxy:
         upstream: UpstreamClient,
         *,
         access_log: bool = True,
-        functions: FunctionPool | None = None,
+        functions: FunctionPools | None = None,
     ) -> None:
         self._router = router
         self._enforcer = enforcer
@@ -98,10 +98,10 @@ class ReverseProxy:
         self._steps = PhaseRunner(enforcer, limits, functions)
 
     @property
-    def functions(self) -> FunctionPool | None:
+    def functions(self) -> FunctionPools | None:
         return self._steps.pool
 
-    def replace_routes(self, router: Router, functions: FunctionPool | None) -> None:
+    def replace_routes(self, router: Router, functions: FunctionPools | None) -> None:
         """Serve new requests with other routes and functions; requests in flight keep theirs."""
         self._router = router
         self._steps = PhaseRunner(self._enforcer, self._limits, functions)
@@ -125,6 +125,17 @@ class ReverseProxy:
                 error.message,
             )
             response = error_response(error, exchange.route if exchange.route != "-" else None)
+        except ConnectionResetError:
+            # The client left before its response was written; there is nobody to answer.
+            # 499 is the status nginx logs for this.
+            exchange.status, exchange.error_type = 499, "client_closed"
+            logger.info(
+                "client closed the connection: connection=%s route=%s",
+                exchange.connection,
+                exchange.route,
+            )
+            self._log_access(exchange)
+            raise
         except Exception:
             # Only the type and the route are logged: an unexpected error's text may quote input.
             logger.exception(

@@ -151,13 +151,23 @@ class _CardFormat(TokenFormat):
         return "".join(token)
 
     def _random_card_digits(self, digits: str) -> str:
-        middle_length = len(digits) - self.kept_prefix - 4
+        # Keeping the first six digits of a 12- or 13-digit card would leave two or three
+        # digits hidden, one of them fixed by Luhn, so the token would narrow the card to a
+        # hundred candidates. Such cards keep only their last four.
+        kept = self.kept_prefix
+        if len(digits) - kept - 4 < MIN_HIDDEN_DIGITS:
+            kept = 0
+        middle_length = len(digits) - kept - 4
         middle = f"{secrets.randbelow(10**middle_length):0{middle_length}d}"
-        candidate = digits[: self.kept_prefix] + middle + digits[-4:]
+        candidate = digits[:kept] + middle + digits[-4:]
         # The last random digit is chosen to make the number pass the Luhn check.
         fixed_index = len(digits) - 5
         fixed_digit = _solve_luhn_digit(candidate, fixed_index)
         return candidate[:fixed_index] + fixed_digit + candidate[fixed_index + 1 :]
+
+
+MIN_HIDDEN_DIGITS = 4
+"""Fewest digits a card token replaces; a shorter card keeps no prefix."""
 
 
 class PanFormat(_CardFormat):

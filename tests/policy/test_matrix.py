@@ -188,8 +188,8 @@ async def test_matrix_through_response_route(
 async def test_matrix_through_request_route(
     setup: tuple[Gateway, RecordingUpstream, dict[str, str]],
 ) -> None:
-    # Only card.pan may be revealed to the pay connection, and only to a client that may
-    # detokenize it; the upstream always gets plaintext, never a masked value.
+    # Only card.pan may be revealed to the pay connection, and only by a client that may see it
+    # plain: the upstream always gets plaintext, so a masked grant does not allow it.
     gateway, upstream, tokens = setup
     async with aiohttp.ClientSession(trust_env=False) as http:
         for role in ROLES:
@@ -201,7 +201,7 @@ async def test_matrix_through_request_route(
                     headers={"X-Key": KEYS[role]},
                 ) as response:
                     status = response.status
-                allowed = class_name == "card.pan" and GRANTED[role][class_name] is not None
+                allowed = class_name == "card.pan" and GRANTED[role][class_name] == "plain"
                 case = (role, class_name)
                 if allowed:
                     assert status == 200, case
