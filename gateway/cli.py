@@ -14,6 +14,7 @@ from gateway.config.loader import load_config
 from gateway.config.model import LoggingConfig
 from gateway.errors import ConfigError, KeyMaterialError, StoreUnavailableError
 from gateway.logs import configure_logging
+from gateway.pipelines import cli as pipeline_cli
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
 
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         help="mark the key as a development key, refused outside development",
     )
     generate.set_defaults(command_function=_keys_generate)
+    pipeline_cli.register(commands)
     return parser
 
 

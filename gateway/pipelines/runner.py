@@ -1,0 +1,397 @@
+"""Run a pipeline: for each input, read partitions, transform them in workers, write in order.
+
+The main process reads the input and writes the output; ``workers`` processes (or the main
+process itself when ``workers`` is 1) parse, transform and serialize partitions, each with its
+own store connection and token cache. At most two partitions per worker are in flight, so
+memory does not grow with the file.
+
+Before any output is created the store is pinged and every field a rule names is looked up in
+the input. A malformed row stops the run with its file, row and reason, unless rejects go to a
+reject file; either way, the output exists under its final name only when every row was
+processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gateway.config.model import KeysConfig
+from gateway.errors import MalformedRecordError, SourceError
+from gateway.pipelines.fileformat import FileFormat
+from gateway.pipelines.formats import make_format
+from gateway.pipelines.locations import (
+    InputFile,
+    Location,
+    PendingOutput,
+    local_copy,
+    parse_location,
+)
+from gateway.pipelines.progress import Progress
+from gateway.pipelines.records import PartitionStats, RecordAdapter, Reject
+from gateway.pipelines.report import FileReport, RunReport
+from gateway.pipelines.spec import PipelineSpec
+from gateway.pipelines.tokenizer import VaultTokenizer
+from gateway.pipelines.transform import Plan, transform_partition
+from gateway.store import open_store
+from gateway.tokens.keys import load_key_ring
+from gateway.tokens.vault import Vault
+
+logger = logging.getLogger("gateway.pipelines")
+
+PARTITIONS_IN_FLIGHT_PER_WORKER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSettings:
+    """What a worker needs to open its own store and key ring; picklable."""
+
+    store_url: str
+    store_timeout: float
+    base_dir: Path
+    keys: KeysConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    workers: int = 1
+    reveal: bool = False
+    reject_file: str | None = None
+    """Where rejected rows go whole; None stops the run at the first malformed row."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    file_format: FileFormat
+    adapter: RecordAdapter
+    plan: Plan
+    partition: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskResult:
+    data: bytes
+    rejects: list[Reject]
+    stats: PartitionStats
+    store_items: int
+
+
+def run_pipeline(
+    spec: PipelineSpec,
+    inputs: list[str],
+    output: str,
+    settings: VaultSettings,
+    options: RunOptions,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Process every input into the output and return the report.
+
+    Raises ``StoreUnavailableError`` before any output exists when the store cannot be reached,
+    ``SourceError`` for an unreadable input, a missing field or an unwritable output, and
+    ``MalformedRecordError`` for the first malformed row when there is no reject file.
+    """
+    progress = progress or Progress(enabled=False)
+    started = time.monotonic()
+    pairs = _pair_inputs_with_outputs(inputs, output)
+    reject_locations = _reject_locations(options.reject_file, pairs)
+
+    _check_store(settings)
+    report = RunReport("reveal" if options.reveal else "tokenize", options.workers)
+    with (
+        _Workers(settings, options.workers) as workers,
+        tempfile.TemporaryDirectory(prefix="vaultgate-pipeline-") as scratch_name,
+    ):
+        scratch = Path(scratch_name)
+        for (input_file, output_location), reject_location in zip(
+            pairs, reject_locations, strict=True
+        ):
+            file_report = _run_file(
+                spec, input_file, output_location, reject_location, options, workers,
+                scratch, progress,
+            )  # fmt: skip
+            report.files.append(file_report)
+        report.store_items = workers.store_items()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _pair_inputs_with_outputs(inputs: list[str], output: str) -> list[tuple[InputFile, Location]]:
+    if not inputs:
+        raise SourceError("no input given; name one on the command line or as input in the spec")
+    files: list[InputFile] = []
+    folder_given = False
+    for url in inputs:
+        location = parse_location(url)
+        folder_given = folder_given or location.is_folder()
+        files.extend(location.list_files())
+    if not files:
+        raise SourceError(f"no input file found in {', '.join(inputs)}")
+
+    target = parse_location(output)
+    if len(files) == 1 and not folder_given and not target.is_folder():
+        return [(files[0], target)]
+    if not target.is_folder() and not output.endswith("/"):
+        raise SourceError(
+            f"{len(files)} input files need an output folder; end {output} with '/' or create it"
+        )
+    names = [file.relative_name for file in files]
+    duplicates = {name for name in names if names.count(name) > 1}
+    if duplicates:
+        raise SourceError(f"two inputs have the same file name: {', '.join(sorted(duplicates))}")
+    return [(file, target.child(file.relative_name)) for file in files]
+
+
+def _reject_locations(
+    reject_file: str | None, pairs: list[tuple[InputFile, Location]]
+) -> list[Location | None]:
+    if reject_file is None:
+        return [None] * len(pairs)
+    target = parse_location(reject_file)
+    if len(pairs) == 1 and not target.is_folder():
+        return [target]
+    return [target.child(input_file.relative_name) for input_file, _ in pairs]
+
+
+def _check_store(settings: VaultSettings) -> None:
+    """Load the keys and ping the store, so that a bad key or store stops the run up front."""
+    load_key_ring(settings.keys, base_dir=settings.base_dir)
+
+    async def ping() -> None:
+        store = open_store(
+            settings.store_url, timeout=settings.store_timeout, base_dir=settings.base_dir
+        )
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+
+    asyncio.run(ping())
+
+
+def _run_file(
+    spec: PipelineSpec,
+    input_file: InputFile,
+    output_location: Location,
+    reject_location: Location | None,
+    options: RunOptions,
+    workers: _Workers,
+    scratch: Path,
+    progress: Progress,
+) -> FileReport:
+    name = input_file.location
+    file_report = FileReport(name, output_location.url)
+    source = parse_location(input_file.location)
+    with local_copy(source, scratch) as local_path:
+        try:
+            stream: BinaryIO = open(local_path, "rb")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise SourceError(f"cannot read input {name}: {exc.strerror}") from exc
+        with stream:
+            file_format = make_format(spec)
+            preamble = file_format.open(stream, name)
+            adapter, labels = file_format.bind(spec.columns + spec.scans)
+            plan = Plan(
+                rules=spec.columns + spec.scans,
+                labels=tuple(labels),
+                reveal=options.reveal,
+                batch_size=spec.batch_size,
+            )
+            progress.start_file(name, local_path.stat().st_size)
+            output = PendingOutput(output_location, scratch)
+            rejects = PendingOutput(reject_location, scratch) if reject_location else None
+            try:
+                _write_partitions(
+                    file_format, adapter, plan, stream, preamble, output, rejects, workers,
+                    file_report, progress,
+                )  # fmt: skip
+            except BaseException:
+                output.discard()
+                if rejects is not None:
+                    rejects.discard()
+                raise
+    if rejects is not None:
+        if file_report.stats.rejected:
+            rejects.commit()
+            file_report.rejects_file = rejects.location.url
+        else:
+            rejects.discard()
+    output.commit()
+    logger.info(
+        "%s: %d rows, %d rejected, written to %s",
+        name,
+        file_report.stats.rows,
+        file_report.stats.rejected,
+        output_location.url,
+    )
+    return file_report
+
+
+def _write_partitions(
+    file_format: FileFormat,
+    adapter: RecordAdapter,
+    plan: Plan,
+    stream: BinaryIO,
+    preamble: bytes,
+    output: PendingOutput,
+    rejects: PendingOutput | None,
+    workers: _Workers,
+    file_report: FileReport,
+    progress: Progress,
+) -> None:
+    rows_before = 0
+    with open(output.path, "wb") as out, _optional_writer(rejects) as reject_out:
+        out.write(preamble)
+        if reject_out is not None:
+            reject_out.write(file_format.reject_preamble())
+        tasks = (
+            _Task(file_format, adapter, plan, partition)
+            for partition in file_format.partitions(stream)
+        )
+        for result in workers.map_ordered(tasks):
+            if result.rejects and reject_out is None:
+                first = result.rejects[0]
+                raise MalformedRecordError(
+                    file_report.input, rows_before + first.number, first.reason
+                )
+            for reject in result.rejects:
+                assert reject_out is not None
+                reject_out.write(reject.raw)
+                logger.warning(
+                    "%s: row %d rejected: %s",
+                    file_report.input,
+                    rows_before + reject.number,
+                    reject.reason,
+                )
+            out.write(result.data)
+            file_report.stats.add(result.stats)
+            rows_before += result.stats.rows
+            progress.advance(result.stats.rows, result.stats.bytes_in)
+        out.write(file_format.finish())
+    progress.finish()
+
+
+class _optional_writer:
+    def __init__(self, pending: PendingOutput | None) -> None:
+        self._file = open(pending.path, "wb") if pending is not None else None  # noqa: SIM115
+
+    def __enter__(self) -> BinaryIO | None:
+        return self._file
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+# Workers
+
+
+class _Workers:
+    """The processes that transform partitions, or the main process alone for one worker."""
+
+    def __init__(self, settings: VaultSettings, count: int) -> None:
+        self._settings = settings
+        self._count = count
+        self._executor: ProcessPoolExecutor | None = None
+        self._store_items = 0
+
+    def __enter__(self) -> _Workers:
+        if self._count > 1:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self._count,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self._settings,),
+            )
+        else:
+            _start_worker(self._settings)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        else:
+            _stop_worker()
+
+    def store_items(self) -> int:
+        return self._store_items
+
+    def map_ordered(self, tasks: Iterator[_Task]) -> Iterator[_TaskResult]:
+        """Yield the result of each task in task order, with a bounded number in flight."""
+        if self._executor is None:
+            for task in tasks:
+                result = _process(task)
+                self._store_items += result.store_items
+                yield result
+            return
+
+        in_flight: deque[Future[_TaskResult]] = deque()
+        limit = self._count * PARTITIONS_IN_FLIGHT_PER_WORKER
+        try:
+            for task in tasks:
+                in_flight.append(self._executor.submit(_process, task))
+                if len(in_flight) >= limit:
+                    result = in_flight.popleft().result()
+                    self._store_items += result.store_items
+                    yield result
+            while in_flight:
+                result = in_flight.popleft().result()
+                self._store_items += result.store_items
+                yield result
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
+@dataclass
+class _WorkerState:
+    loop: asyncio.AbstractEventLoop
+    tokenizer: VaultTokenizer
+    close: Any
+
+
+_state: _WorkerState | None = None
+
+
+def _start_worker(settings: VaultSettings) -> None:
+    """Open this process's store, key ring and tokenizer.
+
+    A worker process never closes its store: every write has completed when its task returns,
+    and the process exit closes the connections. (An exit handler cannot close a SQLite store,
+    whose close needs threads that interpreter shutdown no longer starts.)
+    """
+    global _state
+    loop = asyncio.new_event_loop()
+    key_ring = load_key_ring(settings.keys, base_dir=settings.base_dir)
+    store = open_store(
+        settings.store_url, timeout=settings.store_timeout, base_dir=settings.base_dir
+    )
+    tokenizer = VaultTokenizer(Vault(store, key_ring), loop)
+    _state = _WorkerState(loop, tokenizer, store.close)
+
+
+def _stop_worker() -> None:
+    global _state
+    if _state is None:
+        return
+    state, _state = _state, None
+    state.loop.run_until_complete(state.close())
+    state.loop.close()
+
+
+def _process(task: _Task) -> _TaskResult:
+    """Parse, transform and serialize one partition in this process."""
+    assert _state is not None, "the worker was not started"
+    before = _state.tokenizer.store_items
+    rows = task.file_format.parse(task.partition)
+    result = transform_partition(rows, task.adapter, task.plan, _state.tokenizer)
+    data = task.file_format.serialize(result.records)
+    return _TaskResult(data, result.rejects, result.stats, _state.tokenizer.store_items - before)
