@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
 from gateway.errors import MalformedRecordError, SourceError
-from gateway.pipelines.fileformat import FileFormat, split_records
+from gateway.pipelines.fileformat import PARTITION_BYTES, FileFormat, split_records
 from gateway.pipelines.records import ParsedRow, RecordAdapter, Slot
 from gateway.pipelines.spec import ColumnRule, CsvOptions, ScanRule
 from gateway.tokens.record import ValueType
@@ -94,7 +94,7 @@ class CsvFormat(FileFormat):
             raise SourceError(f"{where}{self.name} has no column {', '.join(missing)}{hint}")
         return CsvAdapter(tuple(positions)), labels
 
-    def partitions(self, stream: BinaryIO) -> Iterator[bytes]:
+    def partitions(self, stream: BinaryIO, size: int = PARTITION_BYTES) -> Iterator[bytes]:
         quote = self.options.quotechar.encode(self.options.encoding)
         pending = self.pending
 
@@ -102,7 +102,7 @@ class CsvFormat(FileFormat):
             return data.count(quote, 0, end) % 2 == 0
 
         first = True
-        for block in split_records(stream, self.name, outside_quotes):
+        for block in split_records(stream, self.name, outside_quotes, size):
             if first and pending:
                 block = pending + block
             first = False

@@ -44,8 +44,9 @@ class FileFormat(ABC):
         """
 
     @abstractmethod
-    def partitions(self, stream: BinaryIO) -> Iterator[bytes]:
-        """Yield the rest of the input in partitions that each end at a record boundary."""
+    def partitions(self, stream: BinaryIO, size: int = PARTITION_BYTES) -> Iterator[bytes]:
+        """Yield the rest of the input in partitions of about ``size`` bytes that each end at a
+        record boundary."""
 
     @abstractmethod
     def parse(self, partition: bytes) -> Iterator[ParsedRow]:

@@ -47,10 +47,10 @@ class FixedWidthFormat(FileFormat):
             str(rule.field) for rule in rules
         ]
 
-    def partitions(self, stream: BinaryIO) -> Iterator[bytes]:
+    def partitions(self, stream: BinaryIO, size: int = PARTITION_BYTES) -> Iterator[bytes]:
         separator = self._separator
         record_bytes = self.options.record_length + len(separator)
-        size = max(PARTITION_BYTES - PARTITION_BYTES % record_bytes, record_bytes)
+        size = max(size - size % record_bytes, record_bytes)
         carry = b""
         while True:
             block = stream.read(size)

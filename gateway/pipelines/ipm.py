@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
 from gateway.errors import MalformedRecordError, SourceError
-from gateway.pipelines.fileformat import MAX_RECORD_BYTES, FileFormat
+from gateway.pipelines.fileformat import MAX_RECORD_BYTES, PARTITION_BYTES, FileFormat
 from gateway.pipelines.records import ParsedRow, RecordAdapter, Slot
 from gateway.pipelines.spec import ColumnRule, IpmOptions, ScanRule
 from gateway.tokens.record import ValueType
@@ -86,6 +86,8 @@ ELEMENTS: Final[dict[int, tuple[int, int, bool]]] = {
 @dataclass(slots=True)
 class IpmRecord:
     mti: bytes
+    secondary_bitmap: bool = False
+    """Whether the message has a secondary bitmap, which it keeps even when all zero."""
     elements: dict[int, bytes] = field(default_factory=dict)
     """Each present element's content, without its length prefix, in the file's encoding."""
 
@@ -113,9 +115,9 @@ class IpmFormat(FileFormat):
             str(rule.field) for rule in rules
         ]
 
-    def partitions(self, stream: BinaryIO) -> Iterator[bytes]:
-        # NOTE: an IPM file is one partition, read whole, because its blocking and records are
-        # not split at record boundaries here. Files over MAX_RECORD_BYTES are rejected.
+    def partitions(self, stream: BinaryIO, size: int = PARTITION_BYTES) -> Iterator[bytes]:
+        # NOTE: an IPM file is one partition, read whole whatever ``size`` is, because blocks do
+        # not end at record boundaries. Files over MAX_RECORD_BYTES are rejected.
         data = stream.read(MAX_RECORD_BYTES + 1)
         if len(data) > MAX_RECORD_BYTES:
             raise MalformedRecordError(
@@ -165,6 +167,7 @@ class IpmFormat(FileFormat):
         bitmap = message[4 : 4 + _BITMAP_BYTES]
         position = 4 + _BITMAP_BYTES
         if bitmap[0] & 0x80:
+            record.secondary_bitmap = True
             bitmap += message[position : position + _BITMAP_BYTES]
             position += _BITMAP_BYTES
         numbers = [
@@ -206,7 +209,7 @@ class IpmFormat(FileFormat):
 
     def _encode(self, record: IpmRecord) -> bytes:
         numbers = sorted(record.elements)
-        secondary = any(number > 64 for number in numbers)
+        secondary = record.secondary_bitmap or any(number > 64 for number in numbers)
         bitmap = bytearray(_BITMAP_BYTES * (2 if secondary else 1))
         if secondary:
             bitmap[0] |= 0x80

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Final
 from gateway.engine.bodies import dump_json, json_number, parse_json
 from gateway.engine.jsonpath import JsonPath
 from gateway.errors import InvalidBodyError
-from gateway.pipelines.fileformat import FileFormat, split_records
+from gateway.pipelines.fileformat import PARTITION_BYTES, FileFormat, split_records
 from gateway.pipelines.records import ParsedRow, RecordAdapter, Slot
 from gateway.pipelines.spec import ColumnRule, ScanRule
 from gateway.tokens.record import ValueType
@@ -37,8 +37,8 @@ class JsonLinesFormat(FileFormat):
         labels = [str(rule.field) for rule in rules]
         return JsonAdapter(paths), labels
 
-    def partitions(self, stream: BinaryIO) -> Iterator[bytes]:
-        return split_records(stream, self.name, lambda data, end: True)
+    def partitions(self, stream: BinaryIO, size: int = PARTITION_BYTES) -> Iterator[bytes]:
+        return split_records(stream, self.name, lambda data, end: True, size)
 
     def parse(self, partition: bytes) -> Iterator[ParsedRow]:
         number = 0

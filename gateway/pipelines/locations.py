@@ -63,9 +63,10 @@ class Location(ABC):
 
 
 class LocalLocation(Location):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, url: str | None = None) -> None:
         self.path = path
-        self.url = str(path)
+        self.url = url or str(path)
+        """The path as given; a trailing separator marks a folder that may not exist yet."""
 
     def is_folder(self) -> bool:
         return self.path.is_dir() or self.url.endswith(os.sep)
@@ -117,7 +118,7 @@ def parse_location(url: str) -> Location:
         raise SourceError(
             f"unsupported location {url.split('://')[0]}://; use a local path, s3:// or sftp://"
         )
-    return LocalLocation(Path(url))
+    return LocalLocation(Path(url), url)
 
 
 @contextlib.contextmanager

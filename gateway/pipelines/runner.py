@@ -27,10 +27,11 @@ from typing import Any, BinaryIO
 
 from gateway.config.model import KeysConfig
 from gateway.errors import MalformedRecordError, SourceError
-from gateway.pipelines.fileformat import FileFormat
+from gateway.pipelines.fileformat import PARTITION_BYTES, FileFormat
 from gateway.pipelines.formats import make_format
 from gateway.pipelines.locations import (
     InputFile,
+    LocalLocation,
     Location,
     PendingOutput,
     local_copy,
@@ -67,6 +68,7 @@ class RunOptions:
     reveal: bool = False
     reject_file: str | None = None
     """Where rejected rows go whole; None stops the run at the first malformed row."""
+    partition_bytes: int = PARTITION_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +138,12 @@ def _pair_inputs_with_outputs(inputs: list[str], output: str) -> list[tuple[Inpu
     if not files:
         raise SourceError(f"no input file found in {', '.join(inputs)}")
 
+    # A folder in gives a folder out; so does an output that is a folder or ends with "/".
     target = parse_location(output)
     if len(files) == 1 and not folder_given and not target.is_folder():
         return [(files[0], target)]
-    if not target.is_folder() and not output.endswith("/"):
-        raise SourceError(
-            f"{len(files)} input files need an output folder; end {output} with '/' or create it"
-        )
+    if isinstance(target, LocalLocation) and target.path.is_file():
+        raise SourceError(f"{len(files)} input files need an output folder, but {output} is a file")
     names = [file.relative_name for file in files]
     duplicates = {name for name in names if names.count(name) > 1}
     if duplicates:
@@ -211,7 +212,7 @@ def _run_file(
             try:
                 _write_partitions(
                     file_format, adapter, plan, stream, preamble, output, rejects, workers,
-                    file_report, progress,
+                    file_report, progress, options.partition_bytes,
                 )  # fmt: skip
             except BaseException:
                 output.discard()
@@ -246,6 +247,7 @@ def _write_partitions(
     workers: _Workers,
     file_report: FileReport,
     progress: Progress,
+    partition_bytes: int,
 ) -> None:
     rows_before = 0
     with open(output.path, "wb") as out, _optional_writer(rejects) as reject_out:
@@ -254,7 +256,7 @@ def _write_partitions(
             reject_out.write(file_format.reject_preamble())
         tasks = (
             _Task(file_format, adapter, plan, partition)
-            for partition in file_format.partitions(stream)
+            for partition in file_format.partitions(stream, partition_bytes)
         )
         for result in workers.map_ordered(tasks):
             if result.rejects and reject_out is None:

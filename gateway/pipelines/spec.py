@@ -42,6 +42,7 @@ LENGTH_PRESERVING_FORMATS: Final = frozenset({"pan", "pan_last4", "numeric", "al
 _POSITIONS: Final = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 _RULE_KEYS: Final = ("action", "format", "deterministic", "ttl", "class")
 _SELECTOR_KEYS: Final = ("column", "json", "positions", "element")
+_FIELD_KEYS: Final = (*_SELECTOR_KEYS, "record")
 
 
 class InputFormat(enum.StrEnum):
@@ -416,7 +417,7 @@ def _field_ref(
 def _column_rule(
     section: Section, input_format: InputFormat, record_types: set[str]
 ) -> ColumnRule | None:
-    section.check_keys((*_SELECTOR_KEYS, *_RULE_KEYS))
+    section.check_keys((*_FIELD_KEYS, *_RULE_KEYS))
     field_ref = _field_ref(section, input_format, record_types)
     action_text = section.string("action", "tokenize") or "tokenize"
     try:
@@ -475,7 +476,7 @@ def _check_width(section: Section, field_ref: FieldRef, token_format: str) -> No
 def _scan_rule(
     section: Section, input_format: InputFormat, record_types: set[str]
 ) -> ScanRule | None:
-    section.check_keys((*_SELECTOR_KEYS, "detectors", "formats", "deterministic", "ttl"))
+    section.check_keys((*_FIELD_KEYS, "detectors", "formats", "deterministic", "ttl"))
     if input_format is InputFormat.IPM:
         section.problem(None, "scan rules are not supported for ipm inputs", "use columns")
         return None
