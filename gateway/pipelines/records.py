@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.tokens.record import ValueType
 
@@ -23,9 +23,11 @@ class ParsedRow:
     problem: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """A value that a field rule applies to, found in a record."""
+class Slot(NamedTuple):
+    """A value that a field rule applies to, found in a record.
+
+    A named tuple rather than a dataclass, because a run makes one per ruled cell.
+    """
 
     rule: int
     """Index of the rule in ``Plan.rules``."""

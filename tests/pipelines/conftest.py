@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from moto.server import ThreadedMotoServer
 
 from gateway.config.loader import load_config
 from gateway.pipelines.runner import VaultSettings
@@ -16,7 +19,8 @@ from gateway.store import open_store
 from gateway.store.base import TokenStore
 from gateway.tokens.keys import load_key_ring
 from gateway.tokens.vault import Vault
-from tests.redis_server import RedisServer
+from tests.pipelines.remote_servers import HOST, QUIET_LOGGERS, SftpServer
+from tests.redis_server import RedisServer, _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -99,3 +103,53 @@ def open_vault() -> Iterator[type[OpenVault]]:
     yield Tracked
     for vault in opened:
         vault.close()
+
+
+@pytest.fixture(autouse=True)
+def quiet_client_logs() -> Iterator[None]:
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """Start moto's S3 server and point boto3 at it through the environment."""
+    server = ThreadedMotoServer(ip_address=HOST, port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # The server keeps its buckets in this process, so each test starts from a reset.
+    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # noqa: S310
+    with urllib.request.urlopen(reset, timeout=10) as reply:  # noqa: S310
+        reply.read()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("NO_PROXY", HOST)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sftp_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SftpServer]:
+    root = tmp_path / "sftp-root"
+    root.mkdir()
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    server = SftpServer(root, keys)
+    server.start()
+    monkeypatch.setenv("VAULTGATE_SFTP_KEY", str(server.client_key_file))
+    monkeypatch.setenv("VAULTGATE_SFTP_KNOWN_HOSTS", str(server.known_hosts_file))
+    try:
+        yield server
+    finally:
+        server.stop()
