@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
 
     default_config = os.environ.get("VAULTGATE_CONFIG", "config.yaml")
     run = pipeline_commands.add_parser(
-        "run", help="tokenize the sensitive values of files as a spec says"
+        "run", help="tokenize the sensitive values of files by the rules of a spec"
     )
     run.add_argument("spec", type=Path, help="pipeline spec (YAML)")
     run.add_argument(
@@ -60,7 +60,7 @@ def register(commands: Any) -> None:
     run.add_argument(
         "--reveal",
         action="store_true",
-        help="replace tokens by their original values; the output then holds plaintext",
+        help="replace tokens by their original values; the output then contains plaintext",
     )
     run.add_argument(
         "--reject-file",

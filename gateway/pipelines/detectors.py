@@ -298,12 +298,12 @@ def detect(text: str, detectors: Collection[str] = DETECTOR_NAMES) -> list[Detec
     Of two overlapping detections, the one whose detector comes first in ``DETECTOR_NAMES``
     is kept, so a card number is not also reported as a phone number.
     """
-    kept: list[Detection] = []
+    accepted: list[Detection] = []
     for name in DETECTOR_NAMES:
         if name not in detectors:
             continue
         for start, end in _FINDERS[name](text):
-            if not any(start < other.end and other.start < end for other in kept):
-                kept.append(Detection(start, end, name))
-    kept.sort(key=lambda detection: detection.start)
-    return kept
+            if not any(start < other.end and other.start < end for other in accepted):
+                accepted.append(Detection(start, end, name))
+    accepted.sort(key=lambda detection: detection.start)
+    return accepted

@@ -17,10 +17,10 @@ from gateway.pipelines.records import ParsedRow, RecordAdapter
 from gateway.pipelines.spec import ColumnRule, ScanRule
 
 PARTITION_BYTES: Final = 4 * 1024 * 1024
-"""Bytes read per partition; each worker holds a few partitions in and out at a time."""
+"""Bytes read per partition. Each worker has a few partitions in and out at a time."""
 MAX_RECORD_BYTES: Final = 64 * 1024 * 1024
-"""Longest record accepted. A longer one is malformed, which bounds memory when a quoted CSV
-field is never closed."""
+"""Maximum record length in bytes. A longer record is malformed, which bounds memory when a
+quoted CSV field is never closed."""
 
 
 class FileFormat(ABC):
@@ -70,7 +70,7 @@ def split_records(
 ) -> Iterator[bytes]:
     """Yield blocks of ``stream`` that end after a newline where ``is_boundary_safe`` allows.
 
-    ``is_boundary_safe(data, end)`` tells whether ``data[:end]`` ends outside a quoted field.
+    ``is_boundary_safe(data, end)`` returns whether ``data[:end]`` ends outside a quoted field.
     """
     carry = b""
     while True:

@@ -6,8 +6,8 @@ at some positions, so that a rule can apply to the account number of one record 
 
 A field's value is its characters without leading and trailing spaces. A replacement is put
 where the value started and padded with spaces to the field's width, so every record keeps its
-length; the spec only allows token formats that fit (``spec.LENGTH_PRESERVING_FORMATS``, or
-``uuid`` in fields of 36 characters or more).
+length. The spec therefore allows only token formats that fit: those in
+``spec.LENGTH_PRESERVING_FORMATS``, and ``uuid`` in fields of 36 characters or more.
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ class FixedWidthAdapter(RecordAdapter):
         record_type = self._type_of(text) if self.record_types else None
         spans: list[tuple[int, int, int]] = []
         slots: list[Slot] = []
-        for rule, start, end, wanted_type in self.fields:
-            if wanted_type is not None and wanted_type != record_type:
+        for rule, start, end, rule_record_type in self.fields:
+            if rule_record_type is not None and rule_record_type != record_type:
                 continue
             field_text = text[start:end]
             value = field_text.strip(" ")

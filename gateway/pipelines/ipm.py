@@ -33,8 +33,8 @@ BLOCK_PAD_BYTES: Final = 2
 _LENGTH: Final = struct.Struct(">I")
 _BITMAP_BYTES: Final = 8
 
-# Data element number: (length digits of a variable element, or 0 for fixed; the fixed length or
-# the maximum length; whether the content is binary rather than text).
+# Each data element's layout: the number of length digits (0 for a fixed element), the fixed or
+# maximum length, and whether the content is binary rather than text.
 ELEMENTS: Final[dict[int, tuple[int, int, bool]]] = {
     2: (2, 19, False),   # primary account number
     3: (0, 6, False),    # processing code

@@ -1,10 +1,10 @@
 """Where inputs come from and outputs go: local paths, ``s3://bucket/key`` and
 ``sftp://[user@]host[:port]/path``.
 
-An input is read from a local file: a remote one is first copied to a temporary local file in
+An input is read from a local file. A remote one is first copied to a temporary local file in
 blocks, so memory stays constant and the workers can read their partitions from disk. An output
-is written to a temporary local file; ``commit`` then moves it into place in one step (a rename
-on disk and over SFTP, the completion of the upload on S3), so a failed run never leaves a
+is written to a temporary local file, and ``commit`` then moves it into place in one step: a
+rename on disk and over SFTP, the completion of the upload on S3. So a failed run never leaves a
 partial output where the final one belongs.
 """
 

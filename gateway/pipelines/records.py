@@ -1,4 +1,4 @@
-"""What every file format hands the transform, and what the transform hands back."""
+"""Rows, slots, rejects and counts: the values passed between the file formats and the transform."""
 
 from __future__ import annotations
 

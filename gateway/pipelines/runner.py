@@ -1,9 +1,9 @@
 """Run a pipeline: for each input, read partitions, transform them in workers, write in order.
 
-The main process reads the input and writes the output; ``workers`` processes (or the main
-process itself when ``workers`` is 1) parse, transform and serialize partitions, each with its
-own store connection and token cache. At most two partitions per worker are in flight, so
-memory does not grow with the file.
+The main process reads the input and writes the output. Worker processes parse, transform and
+serialize partitions, each with its own store connection and token cache, and with one worker
+the main process does that itself. At most two partitions per worker are in flight, so memory
+does not grow with the file.
 
 Before any output is created the store is pinged and every field a rule names is looked up in
 the input. A malformed row stops the run with its file, row and reason, unless rejects go to a
@@ -54,7 +54,7 @@ PARTITIONS_IN_FLIGHT_PER_WORKER = 2
 
 @dataclass(frozen=True, slots=True)
 class VaultSettings:
-    """What a worker needs to open its own store and key ring; picklable."""
+    """The store and key settings a worker opens its own vault with; picklable."""
 
     store_url: str
     store_timeout: float
@@ -67,7 +67,7 @@ class RunOptions:
     workers: int = 1
     reveal: bool = False
     reject_file: str | None = None
-    """Where rejected rows go whole; None stops the run at the first malformed row."""
+    """The location that receives rejected rows whole, or None to stop at the first one."""
     partition_bytes: int = PARTITION_BYTES
 
 

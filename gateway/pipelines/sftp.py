@@ -4,7 +4,7 @@ Authentication and host checks are asyncssh's: the client keys and ``known_hosts
 ``~/.ssh``, or the files that ``VAULTGATE_SFTP_KEY`` and ``VAULTGATE_SFTP_KNOWN_HOSTS`` name.
 A password in the URL is rejected, because the URL shows up in logs and in the report. An
 output is uploaded under a temporary name in its folder and then renamed, so a reader of the
-folder never sees half a file.
+folder never finds half a file.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class Plan:
 
     rules: tuple[ColumnRule | ScanRule, ...]
     labels: tuple[str, ...]
-    """How each rule's field is named in reject reasons and the report."""
+    """The name of each rule's field in reject reasons and the report."""
     reveal: bool = False
     """Reveal instead of tokenize: every column rule detokenizes, every scan looks for tokens."""
     batch_size: int = 5000
