@@ -1,6 +1,6 @@
 """Build a CSV in the shape of the Synthea patients file, of a given size, with varied rows.
 
-Every row has a unique Id and its own SSN, driver's licence and passport numbers; names,
+Every row has a unique Id and its own SSN, driver's licence and passport numbers. Names,
 streets, cities and birthplaces are drawn from the shared Synthea file with new numeric
 suffixes, house numbers and dates, so few values repeat. The generator is seeded, so the same
 size gives the same file.
@@ -37,6 +37,20 @@ def _pools() -> dict[str, list[str]]:
         "birthplaces": sorted({row["BIRTHPLACE"] for row in rows}),
     }
     return pools  # type: ignore[return-value]
+
+
+def _prefix(adult: bool, married: bool, gender: str) -> str:
+    if not adult:
+        return ""
+    if gender == "M":
+        return "Mr."
+    return "Mrs." if married else "Ms."
+
+
+def _marital(adult: bool, married: bool) -> str:
+    if married:
+        return "M"
+    return "S" if adult else ""
 
 
 def generate(path: Path, size: int, seed: int = 1) -> int:
@@ -77,16 +91,14 @@ def generate(path: Path, size: int, seed: int = 1) -> int:
                         f"999-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}",
                         f"S999{rng.randint(10000, 99999)}" if adult else "",
                         f"X{rng.randint(10000000, 99999999)}X" if adult else "",
-                        ("Mrs." if married and gender == "F" else "Mr." if gender == "M" else "Ms.")
-                        if adult
-                        else "",
+                        _prefix(adult, married, gender),
                         f"{rng.choice(names)}{rng.randint(1, 999)}",
                         f"{rng.choice(names)}{rng.randint(1, 999)}",
                         "",
                         f"{rng.choice(names)}{rng.randint(1, 999)}"
                         if married and gender == "F"
                         else "",
-                        "M" if married else ("S" if adult else ""),
+                        _marital(adult, married),
                         rng.choice(("white", "black", "asian", "native", "other")),
                         rng.choice(("nonhispanic", "hispanic")),
                         gender,

@@ -3,8 +3,8 @@
 presidio-analyzer is an optional benchmark dependency (``pip install -e '.[bench-pipelines]'``).
 The engine is ``AnalyzerEngine`` with Presidio's ``NoOpNlpEngine``, which loads no spaCy model,
 and only the recognizers of the six entity types compared here. Presidio's email recognizer
-asks tldextract for the public suffix list, which by default is downloaded; here tldextract
-uses the copy bundled with it instead.
+calls tldextract, which by default downloads the public suffix list. Here tldextract uses the
+copy bundled with it instead.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ LAUNCHER = (
 )
 
 # The columns that `vaultgate pipeline infer` proposes for the patients file, plus the Id that
-# joins it to the encounters; every rule is deterministic so that joins survive.
+# joins it to the encounters. Every rule is deterministic, so that joins survive.
 SPEC = """\
 format: csv
 columns:

@@ -1,6 +1,6 @@
 """Precision and recall of the detectors on the labelled PII sentences, against fixed floors.
 
-The targets are 0.95 for cards, emails, IBANs, SSNs and IP addresses and 0.9 for phones; the
+The targets are 0.95 for cards, emails, IBANs, SSNs and IP addresses, and 0.9 for phones. The
 floors are the values measured when the detectors were written, so a change that loses accuracy
 fails here. The comparison with Presidio runs in ``bench/pipelines/accuracy.py``.
 """

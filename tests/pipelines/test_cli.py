@@ -135,7 +135,7 @@ def test_infer_proposes_a_loadable_spec(tmp_path: Path) -> None:
 
 
 def _write_rows(path: Path, rows: int) -> None:
-    # Few distinct values, so the cache answers and the run is quick whatever its size.
+    # Few distinct values, so the cache returns most tokens and the run is quick whatever its size.
     line = "{},Alice{},999-00-{:04d},an unremarkable note of some length to fill the row\n"
     with path.open("w", encoding="utf-8") as handle:
         handle.write("ID,FIRST,SSN,NOTE\n")

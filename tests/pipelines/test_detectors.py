@@ -55,7 +55,7 @@ def test_issuer_ranges() -> None:
     assert card_issuer("2720990000000007") == "mastercard"
     assert card_issuer("2721000000000004") is None
     assert card_issuer("4111111111111") == "visa"
-    assert not is_card_number("411111111111111")  # Visa issues 13, 16 and 19 digits
+    assert not is_card_number("411111111111111")  # Visa numbers have 13, 16 or 19 digits
 
 
 @pytest.mark.parametrize(
