@@ -172,8 +172,9 @@ class PipelineError(VaultgateError):
 class MalformedRecordError(PipelineError):
     """A record that cannot be parsed: wrong field count, broken quoting, bad encoding, length.
 
-    ``row`` counts records from 1, after the header of a CSV file. The message names the file,
-    the row and the reason, never the record's content.
+    ``row`` counts records from 1, after the header of a CSV file, and is 0 for a problem of the
+    file as a whole (a missing header, a block cut short). The message names the file, the row
+    and the reason, never the record's content.
     """
 
     def __init__(self, file: str, row: int, reason: str) -> None:

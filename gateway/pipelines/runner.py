@@ -14,6 +14,7 @@ processed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import tempfile
@@ -208,8 +209,10 @@ def _run_file(
             )
             progress.start_file(name, local_path.stat().st_size)
             output = PendingOutput(output_location, scratch)
-            rejects = PendingOutput(reject_location, scratch) if reject_location else None
+            rejects: PendingOutput | None = None
             try:
+                if reject_location is not None:
+                    rejects = PendingOutput(reject_location, scratch)
                 _write_partitions(
                     file_format, adapter, plan, stream, preamble, output, rejects, workers,
                     file_report, progress, options.partition_bytes,
@@ -219,13 +222,13 @@ def _run_file(
                 if rejects is not None:
                     rejects.discard()
                 raise
+    output.commit()
     if rejects is not None:
         if file_report.stats.rejected:
             rejects.commit()
             file_report.rejects_file = rejects.location.url
         else:
             rejects.discard()
-    output.commit()
     logger.info(
         "%s: %d rows, %d rejected, written to %s",
         name,
@@ -250,7 +253,7 @@ def _write_partitions(
     partition_bytes: int,
 ) -> None:
     rows_before = 0
-    with open(output.path, "wb") as out, _optional_writer(rejects) as reject_out:
+    with open(output.path, "wb") as out, _open_optional(rejects) as reject_out:
         out.write(preamble)
         if reject_out is not None:
             reject_out.write(file_format.reject_preamble())
@@ -281,16 +284,14 @@ def _write_partitions(
     progress.finish()
 
 
-class _optional_writer:
-    def __init__(self, pending: PendingOutput | None) -> None:
-        self._file = open(pending.path, "wb") if pending is not None else None  # noqa: SIM115
-
-    def __enter__(self) -> BinaryIO | None:
-        return self._file
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._file is not None:
-            self._file.close()
+@contextlib.contextmanager
+def _open_optional(pending: PendingOutput | None) -> Iterator[BinaryIO | None]:
+    """Open a pending output for writing, or yield None when there is none."""
+    if pending is None:
+        yield None
+        return
+    with open(pending.path, "wb") as file:
+        yield file
 
 
 # Workers
