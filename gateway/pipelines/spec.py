@@ -32,6 +32,7 @@ from gateway.config.yamlsource import YamlList, load_yaml_file
 from gateway.engine.jsonpath import JsonPath, JsonPathSyntaxError, parse_json_path
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.pipelines.detectors import DETECTOR_NAMES
+from gateway.pipelines.ipmlayout import ELEMENTS
 from gateway.tokens.formats import format_names
 
 DEFAULT_BATCH_SIZE: Final = 5000
@@ -395,8 +396,13 @@ def _field_ref(
             return None
     if input_format is InputFormat.IPM:
         number = section.integer("element", 0, minimum=2)
-        if number > 128:
-            section.problem("element", "element must be a data element number from 2 to 128")
+        if number and (number not in ELEMENTS or ELEMENTS[number][2]):
+            section.problem(
+                "element",
+                f"data element {number} is not a text element of the IPM layout",
+                "use one of "
+                + ", ".join(str(key) for key, (_, _, binary) in ELEMENTS.items() if not binary),
+            )
             return None
         return FieldRef(element=number) if number else None
 
@@ -460,7 +466,19 @@ def _token_format(section: Section, key: str, default: str) -> str:
 
 
 def _check_width(section: Section, field_ref: FieldRef, token_format: str) -> None:
-    """Report a fixed-width field too narrow for the tokens of its format."""
+    """Report a fixed-width field or IPM element too narrow for the tokens of its format."""
+    if field_ref.element is not None:
+        digits, size, _ = ELEMENTS[field_ref.element]
+        if token_format not in LENGTH_PRESERVING_FORMATS and (
+            not digits or size < UUID_TOKEN_LENGTH
+        ):
+            section.problem(
+                "format",
+                f"data element {field_ref.element} holds at most {size} characters, too few for "
+                f"{token_format} tokens of {UUID_TOKEN_LENGTH} characters",
+                "use a length-preserving format: pan, pan_last4, numeric or alphanumeric",
+            )
+        return
     width = field_ref.width
     if width is None or token_format in LENGTH_PRESERVING_FORMATS:
         return

@@ -115,3 +115,10 @@ def test_detokenize_takes_no_format(tmp_path: Path) -> None:
 def test_unknown_format(tmp_path: Path) -> None:
     found = problems(tmp_path, "format: parquet\n")
     assert "unknown input format 'parquet'" in found[0]
+
+
+def test_ipm_element_too_short_for_uuid(tmp_path: Path) -> None:
+    found = problems(tmp_path, "format: ipm\ncolumns:\n  - {element: 2}\n  - {element: 64}\n")
+    assert len(found) == 2
+    assert "spec.yaml:3: data element 2 holds at most 19 characters" in found[0]
+    assert "spec.yaml:4: data element 64 is not a text element" in found[1]
