@@ -107,6 +107,7 @@ def run_pipeline(
     pairs = _pair_inputs_with_outputs(inputs, output)
     reject_locations = _reject_locations(options.reject_file, pairs)
 
+    _check_fields(spec, [input_file for input_file, _ in pairs])
     _check_store(settings)
     report = RunReport("reveal" if options.reveal else "tokenize", options.workers)
     with (
@@ -161,6 +162,22 @@ def _reject_locations(
     if len(pairs) == 1 and not target.is_folder():
         return [target]
     return [target.child(input_file.relative_name) for input_file, _ in pairs]
+
+
+def _check_fields(spec: PipelineSpec, inputs: list[InputFile]) -> None:
+    """Look up every ruled field in each local input, so that a missing one stops the run before
+    any output exists. Remote inputs are checked when they are read."""
+    for input_file in inputs:
+        location = parse_location(input_file.location)
+        if not isinstance(location, LocalLocation):
+            continue
+        try:
+            with open(location.path, "rb") as stream:
+                file_format = make_format(spec)
+                file_format.open(stream, input_file.location)
+                file_format.bind(spec.columns + spec.scans)
+        except OSError as exc:
+            raise SourceError(f"cannot read input {input_file.location}: {exc.strerror}") from exc
 
 
 def _check_store(settings: VaultSettings) -> None:

@@ -170,6 +170,18 @@ def test_missing_column_stops_before_output(tmp_path: Path, sqlite_config: Path)
     assert not (tmp_path / "out" / "clean.csv").exists()
 
 
+def test_missing_column_in_second_file_stops_before_any_output(
+    tmp_path: Path, sqlite_config: Path
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a.csv").write_bytes(PATIENTS.read_bytes())
+    (source / "b.csv").write_text("Id,NAME\n1,x\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"b\.csv has no column SSN"):
+        run(tmp_path, sqlite_config, PATIENTS_SPEC, [source], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unreachable_store_stops_before_output(tmp_path: Path) -> None:
     config = write_config(tmp_path / "gateway", f"redis://127.0.0.1:{_free_port()}/0")
     with pytest.raises(StoreUnavailableError):
