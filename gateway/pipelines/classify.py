@@ -122,10 +122,16 @@ def header_words(header: str) -> set[str]:
     return words | {compact}
 
 
-def classify_column(column: str, values: Sequence[str]) -> ColumnClass | None:
-    """Return the rule to propose for a column, or None when it looks not sensitive."""
+def classify_column(
+    column: str, values: Sequence[str], header: str | None = None
+) -> ColumnClass | None:
+    """Return the rule to propose for a column, or None when it looks not sensitive.
+
+    ``header`` is the name whose words are matched against keywords, by default ``column``;
+    for a JSONPath it is the last member name, so that ``$.patient.lat`` is not a patient id.
+    """
     sample = [value for value in values if value.strip()]
-    words = header_words(column)
+    words = header_words(column if header is None else header)
     personal = not words & _NOT_PERSONAL
 
     for rule in CLASS_RULES:

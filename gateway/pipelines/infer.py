@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -32,7 +33,9 @@ def infer_spec(input_path: str, input_format: str | None, sample_rows: int) -> s
         rows = itertools.islice(_records(file_format, stream), sample_rows)
         columns = _columns(file_format, list(rows))
 
-    proposals = [classify_column(name, values) for name, values in columns.items()]
+    proposals = [
+        classify_column(name, values, _last_member(name)) for name, values in columns.items()
+    ]
     return _render(chosen, path, len(next(iter(columns.values()), [])), proposals, columns)
 
 
@@ -55,6 +58,17 @@ def _columns(file_format: FileFormat, records: list[Any]) -> dict[str, list[str]
         for path, value in _leaves(record, "$"):
             columns.setdefault(path, []).append(value)
     return columns
+
+
+def _last_member(name: str) -> str:
+    """Return the last member name of a JSONPath such as ``$.a.b[*]``, or a CSV header as it is."""
+    if not name.startswith("$"):
+        return name
+    members = re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\"(?:[^\"\\]|\\.)*\")\]", name)
+    if not members:
+        return name
+    plain, quoted = members[-1]
+    return plain or str(json.loads(quoted))
 
 
 def _leaves(value: Any, path: str) -> Iterator[tuple[str, str]]:

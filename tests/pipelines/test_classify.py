@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.pipelines.classify import classify_column, header_words
+from gateway.pipelines.infer import infer_spec
 from gateway.pipelines.progress import Progress
 from tests.pipelines.conftest import DATA, read_csv
 
@@ -76,3 +80,23 @@ def test_progress_quiet_otherwise() -> None:
     progress.advance(10, 100)
     progress.finish()
     assert stream.getvalue() == ""
+
+
+def test_infer_json_lines_uses_member_names(tmp_path: Path) -> None:
+    lines = [
+        json.dumps(
+            {
+                "patient": {"ssn": f"123-45-{6700 + number}", "lat": 40.12345678901234},
+                "notes": f"write to person{number}@example.org about the visit",
+            }
+        )
+        for number in range(20)
+    ]
+    source = tmp_path / "visits.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    document = yaml.safe_load(infer_spec(str(source), None, 100))
+    assert document["format"] == "jsonl"
+    assert document["columns"] == [
+        {"json": "$.patient.ssn", "class": "person.ssn", "format": "uuid", "deterministic": True}
+    ]
+    assert document["scan"] == [{"json": "$.notes", "detectors": ["email"]}]
