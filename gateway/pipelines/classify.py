@@ -127,8 +127,8 @@ def classify_column(
 ) -> ColumnClass | None:
     """Return the rule to propose for a column, or None when it looks not sensitive.
 
-    ``header`` is the name whose words are matched against keywords, by default ``column``;
-    for a JSONPath it is the last member name, so that ``$.patient.lat`` is not a patient id.
+    ``header`` is the name whose words are matched against keywords, by default ``column``.
+    For a JSONPath it is the last member name, so that ``$.patient.lat`` is not a patient id.
     """
     sample = [value for value in values if value.strip()]
     words = header_words(column if header is None else header)

@@ -5,9 +5,9 @@ serialize partitions, each with its own store connection and token cache, and wi
 the main process does that itself. At most two partitions per worker are in flight, so memory
 does not grow with the file.
 
-Before any output is created the store is pinged and every field a rule names is looked up in
-the input. A malformed row stops the run with its file, row and reason, unless rejects go to a
-reject file; either way, the output exists under its final name only when every row was
+Before any output is created, the store is pinged and every field a rule names is looked up in
+the local inputs. A malformed row stops the run with its file, row and reason, unless rejects go
+to a reject file. Either way, the output exists under its final name only when every row was
 processed.
 """
 
