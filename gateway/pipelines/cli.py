@@ -22,8 +22,9 @@ from gateway.errors import (
 from gateway.logs import configure_logging
 from gateway.pipelines.infer import DEFAULT_SAMPLE_ROWS, infer_spec
 from gateway.pipelines.progress import Progress
-from gateway.pipelines.runner import RunOptions, VaultSettings, run_pipeline
-from gateway.pipelines.spec import load_spec
+from gateway.pipelines.runner import RunOptions, run_pipeline
+from gateway.pipelines.specfile import load_spec
+from gateway.pipelines.workers import VaultSettings
 
 logger = logging.getLogger("gateway.pipelines")
 

@@ -16,17 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from gateway.config.model import KeysConfig
 from gateway.errors import MalformedRecordError, SourceError
 from gateway.pipelines.fileformat import PARTITION_BYTES, FileFormat
 from gateway.pipelines.formats import make_format
@@ -39,28 +35,15 @@ from gateway.pipelines.locations import (
     parse_location,
 )
 from gateway.pipelines.progress import Progress
-from gateway.pipelines.records import PartitionStats, RecordAdapter, Reject
+from gateway.pipelines.records import RecordAdapter
 from gateway.pipelines.report import FileReport, RunReport
 from gateway.pipelines.spec import PipelineSpec
-from gateway.pipelines.tokenizer import VaultTokenizer
-from gateway.pipelines.transform import Plan, transform_partition
+from gateway.pipelines.transform import Plan
+from gateway.pipelines.workers import Task, VaultSettings, Workers
 from gateway.store import open_store
 from gateway.tokens.keys import load_key_ring
-from gateway.tokens.vault import Vault
 
 logger = logging.getLogger("gateway.pipelines")
-
-PARTITIONS_IN_FLIGHT_PER_WORKER = 2
-
-
-@dataclass(frozen=True, slots=True)
-class VaultSettings:
-    """The store and key settings a worker opens its own vault with; picklable."""
-
-    store_url: str
-    store_timeout: float
-    base_dir: Path
-    keys: KeysConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +53,6 @@ class RunOptions:
     reject_file: str | None = None
     """The location that receives rejected rows whole, or None to stop at the first one."""
     partition_bytes: int = PARTITION_BYTES
-
-
-@dataclass(frozen=True, slots=True)
-class _Task:
-    file_format: FileFormat
-    adapter: RecordAdapter
-    plan: Plan
-    partition: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _TaskResult:
-    data: bytes
-    rejects: list[Reject]
-    stats: PartitionStats
-    store_items: int
 
 
 def run_pipeline(
@@ -111,7 +78,7 @@ def run_pipeline(
     _check_store(settings)
     report = RunReport("reveal" if options.reveal else "tokenize", options.workers)
     with (
-        _Workers(settings, options.workers) as workers,
+        Workers(settings, options.workers) as workers,
         tempfile.TemporaryDirectory(prefix="vaultgate-pipeline-") as scratch_name,
     ):
         scratch = Path(scratch_name)
@@ -202,7 +169,7 @@ def _run_file(
     output_location: Location,
     reject_location: Location | None,
     options: RunOptions,
-    workers: _Workers,
+    workers: Workers,
     scratch: Path,
     progress: Progress,
 ) -> FileReport:
@@ -264,7 +231,7 @@ def _write_partitions(
     preamble: bytes,
     output: PendingOutput,
     rejects: PendingOutput | None,
-    workers: _Workers,
+    workers: Workers,
     file_report: FileReport,
     progress: Progress,
     partition_bytes: int,
@@ -275,7 +242,7 @@ def _write_partitions(
         if reject_out is not None:
             reject_out.write(file_format.reject_preamble())
         tasks = (
-            _Task(file_format, adapter, plan, partition)
+            Task(file_format, adapter, plan, partition)
             for partition in file_format.partitions(stream, partition_bytes)
         )
         for result in workers.map_ordered(tasks):
@@ -309,109 +276,3 @@ def _open_optional(pending: PendingOutput | None) -> Iterator[BinaryIO | None]:
         return
     with open(pending.path, "wb") as file:
         yield file
-
-
-# Workers
-
-
-class _Workers:
-    """The processes that transform partitions, or the main process alone for one worker."""
-
-    def __init__(self, settings: VaultSettings, count: int) -> None:
-        self._settings = settings
-        self._count = count
-        self._executor: ProcessPoolExecutor | None = None
-        self._store_items = 0
-
-    def __enter__(self) -> _Workers:
-        if self._count > 1:
-            self._executor = ProcessPoolExecutor(
-                max_workers=self._count,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(self._settings,),
-            )
-        else:
-            _start_worker(self._settings)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-        else:
-            _stop_worker()
-
-    def store_items(self) -> int:
-        return self._store_items
-
-    def map_ordered(self, tasks: Iterator[_Task]) -> Iterator[_TaskResult]:
-        """Yield the result of each task in task order, with a bounded number in flight."""
-        if self._executor is None:
-            for task in tasks:
-                result = _process(task)
-                self._store_items += result.store_items
-                yield result
-            return
-
-        in_flight: deque[Future[_TaskResult]] = deque()
-        limit = self._count * PARTITIONS_IN_FLIGHT_PER_WORKER
-        try:
-            for task in tasks:
-                in_flight.append(self._executor.submit(_process, task))
-                if len(in_flight) >= limit:
-                    result = in_flight.popleft().result()
-                    self._store_items += result.store_items
-                    yield result
-            while in_flight:
-                result = in_flight.popleft().result()
-                self._store_items += result.store_items
-                yield result
-        finally:
-            for future in in_flight:
-                future.cancel()
-
-
-@dataclass
-class _WorkerState:
-    loop: asyncio.AbstractEventLoop
-    tokenizer: VaultTokenizer
-    close: Any
-
-
-_state: _WorkerState | None = None
-
-
-def _start_worker(settings: VaultSettings) -> None:
-    """Open this process's store, key ring and tokenizer.
-
-    A worker process never closes its store: every write has completed when its task returns,
-    and the process exit closes the connections. (An exit handler cannot close a SQLite store,
-    whose close needs threads that interpreter shutdown no longer starts.)
-    """
-    global _state
-    loop = asyncio.new_event_loop()
-    key_ring = load_key_ring(settings.keys, base_dir=settings.base_dir)
-    store = open_store(
-        settings.store_url, timeout=settings.store_timeout, base_dir=settings.base_dir
-    )
-    tokenizer = VaultTokenizer(Vault(store, key_ring), loop)
-    _state = _WorkerState(loop, tokenizer, store.close)
-
-
-def _stop_worker() -> None:
-    global _state
-    if _state is None:
-        return
-    state, _state = _state, None
-    state.loop.run_until_complete(state.close())
-    state.loop.close()
-
-
-def _process(task: _Task) -> _TaskResult:
-    """Parse, transform and serialize one partition in this process."""
-    assert _state is not None, "the worker was not started"
-    before = _state.tokenizer.store_items
-    rows = task.file_format.parse(task.partition)
-    result = transform_partition(rows, task.adapter, task.plan, _state.tokenizer)
-    data = task.file_format.serialize(result.records)
-    return _TaskResult(data, result.rejects, result.stats, _state.tokenizer.store_items - before)

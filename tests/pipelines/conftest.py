@@ -14,7 +14,7 @@ import redis
 from moto.server import ThreadedMotoServer
 
 from gateway.config.loader import load_config
-from gateway.pipelines.runner import VaultSettings
+from gateway.pipelines.workers import VaultSettings
 from gateway.store import open_store
 from gateway.store.base import TokenStore
 from gateway.tokens.keys import load_key_ring

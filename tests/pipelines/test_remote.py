@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import MalformedRecordError, SourceError
 from gateway.pipelines.runner import RunOptions, run_pipeline
-from gateway.pipelines.spec import load_spec
+from gateway.pipelines.specfile import load_spec
 from tests.pipelines.conftest import DATA, settings_of
 from tests.pipelines.remote_servers import SftpServer
 

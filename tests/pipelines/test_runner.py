@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import MalformedRecordError, SourceError, StoreUnavailableError
 from gateway.pipelines.runner import RunOptions, run_pipeline
-from gateway.pipelines.spec import load_spec
+from gateway.pipelines.specfile import load_spec
 from tests.logcapture import remember_sensitive
 from tests.pipelines.conftest import (
     DATA,

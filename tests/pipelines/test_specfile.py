@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.pipelines.spec import Action, InputFormat, load_spec
+from gateway.pipelines.spec import Action, InputFormat
+from gateway.pipelines.specfile import load_spec
 
 
 def spec_file(tmp_path: Path, text: str) -> Path:
