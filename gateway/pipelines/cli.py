@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def _run(arguments: argparse.Namespace) -> int:
     options = RunOptions(
         workers=arguments.workers, reveal=arguments.reveal, reject_file=arguments.reject_file
     )
+    # SIGTERM ends the run like Ctrl-C does, so that its temporary output files are removed.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         report = run_pipeline(spec, inputs, output, settings, options, Progress())
     except (
@@ -146,6 +149,10 @@ def _run(arguments: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _exit_on_signal(signal_number: int, frame: object) -> None:
+    raise SystemExit(128 + signal_number)
 
 
 def _infer(arguments: argparse.Namespace) -> int:

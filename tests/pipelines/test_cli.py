@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -191,3 +193,41 @@ def test_memory_does_not_grow_with_the_file(tmp_path: Path, sqlite_config: Path)
         peaks.append(peak_kib(result))
     # Eight times the input adds 20 MB of bytes alone; a run that held the file would grow by more.
     assert peaks[1] - peaks[0] < 8 * 1024, peaks
+
+
+def test_sigterm_removes_temporary_output(tmp_path: Path, sqlite_config: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    source = tmp_path / "in.csv"
+    _write_rows(source, 400_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("VAULTGATE_")
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "pipeline",
+            "run",
+            str(spec),
+            str(source),
+            "-o",
+            str(out / "clean.csv"),
+            "-c",
+            str(sqlite_config),
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not any(out.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(out.iterdir()), "the run did not start writing"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(out.iterdir()) == []
