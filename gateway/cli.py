@@ -21,6 +21,7 @@ from gateway.errors import (
     StoreUnavailableError,
 )
 from gateway.logs import configure_logging
+from gateway.pipelines import cli as pipeline_cli
 from gateway.proxy import ca_cli
 from gateway.server import serve
 from gateway.tokens.keys import generate_key_file_text
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     register_key_rotation_commands(key_commands)
     audit_cli.register(commands)
     ca_cli.register(commands)
+    pipeline_cli.register(commands)
     return parser
 
 

@@ -31,7 +31,10 @@ aiohttp, redis, sqlite3 and mitmproxy onto this tree with ``raise ... from exc``
     │   ├── UpstreamUnreachableError 502 connecting to the upstream failed (a ConnectionError)
     │   ├── UpstreamResponseError    502 the upstream response cannot be processed
     │   └── UpstreamTimeoutError     504 the upstream did not answer in time (a TimeoutError)
-    └── StoreError                   a store operation failed for another reason
+    ├── StoreError                   a store operation failed for another reason
+    └── PipelineError                a pipeline run stopped; nothing was written to the output
+        ├── MalformedRecordError     a record cannot be parsed (with file, row and reason)
+        └── SourceError              an input cannot be read or an output cannot be written
 
 Messages name routes, selectors, formats and reasons. They never contain a sensitive value, a
 token or a key, because they end up in logs and in error bodies.
@@ -216,3 +219,26 @@ class UpstreamResponseError(MessageError):
 class UpstreamTimeoutError(MessageError, TimeoutError):
     status = 504
     error_type = "upstream_timeout"
+
+
+class PipelineError(VaultgateError):
+    """A pipeline run stopped. The output, if any was started, is removed and never renamed."""
+
+
+class MalformedRecordError(PipelineError):
+    """A record that cannot be parsed: wrong field count, broken quoting, bad encoding, length.
+
+    ``row`` counts records from 1, after the header of a CSV file, and is 0 for a problem of the
+    file as a whole (a missing header, a block cut short). The message names the file, the row
+    and the reason, never the record's content.
+    """
+
+    def __init__(self, file: str, row: int, reason: str) -> None:
+        super().__init__(f"{file}: row {row}: {reason}")
+        self.file = file
+        self.row = row
+        self.reason = reason
+
+
+class SourceError(PipelineError):
+    """An input that cannot be read, or an output that cannot be written or renamed."""

@@ -40,6 +40,6 @@ def test_no_sensitive_value_in_audit_files(tmp_path_factory: pytest.TempPathFact
     base = Path(tmp_path_factory.getbasetemp())
     audits = {
         str(path.relative_to(base)): path.read_text(encoding="utf-8", errors="replace")
-        for path in base.rglob("*.jsonl")
+        for path in base.rglob("*audit*.jsonl")
     }
     assert leaks_in(audits) == []

@@ -1,0 +1,95 @@
+"""The synchronous tokenizer that the per-partition transform calls, with a per-run cache.
+
+The transform is plain synchronous code so that it can run in a worker process, or later in a
+Spark or Dask task. ``VaultTokenizer`` runs the async ``Vault`` on an event loop of its own and
+remembers the token of every value it tokenized, so a value repeated in a run costs one store
+write however often it appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Final, NoReturn, Protocol
+
+from gateway.errors import InvalidTokenError, InvalidValueError
+from gateway.tokens.vault import Revealed, TokenizeItem, Vault
+
+DEFAULT_CACHE_ENTRIES: Final = 100_000
+"""Tokens remembered per worker; at roughly 300 bytes an entry this keeps the cache near 30 MB."""
+
+
+class Tokenizer(Protocol):
+    """Batch tokenization and detokenization, as the transform needs it."""
+
+    def tokenize(self, items: Sequence[TokenizeItem]) -> list[str | InvalidValueError]:
+        """Return a token, or the item's error, for each item."""
+
+    def detokenize(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
+        """Return the original, or the token's error, for each token."""
+
+
+class VaultTokenizer:
+    """A ``Tokenizer`` over a ``Vault``, for one thread.
+
+    ``loop`` is the event loop that the vault's store is used on; every vault call runs to
+    completion on it. Equal items share one token for the whole run, also when they are not
+    deterministic, and a cache forgets its oldest half when it holds ``max_entries``.
+    """
+
+    def __init__(
+        self,
+        vault: Vault,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_entries: int = DEFAULT_CACHE_ENTRIES,
+    ) -> None:
+        self._vault = vault
+        self._loop = loop
+        self._max_entries = max_entries
+        self._tokens: dict[TokenizeItem, str] = {}
+        self._values: dict[str, Revealed] = {}
+        self.store_items = 0
+        """Items sent to the store so far; the cache keeps this below the items requested."""
+
+    def tokenize(self, items: Sequence[TokenizeItem]) -> list[str | InvalidValueError]:
+        answers: dict[TokenizeItem, str | InvalidValueError | None] = {
+            item: self._tokens.get(item) for item in items
+        }
+        missing = [item for item, token in answers.items() if token is None]
+        if missing:
+            self.store_items += len(missing)
+            results = self._loop.run_until_complete(self._vault.tokenize_many(missing))
+            self._make_room(self._tokens, len(missing))
+            for item, result in zip(missing, results, strict=True):
+                answers[item] = result
+                if not isinstance(result, InvalidValueError):
+                    self._tokens[item] = result
+        return [answers[item] or _unreachable() for item in items]
+
+    def detokenize(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
+        answers: dict[str, Revealed | InvalidTokenError | None] = {
+            token: self._values.get(token) for token in tokens
+        }
+        missing = [token for token, value in answers.items() if value is None]
+        if missing:
+            self.store_items += len(missing)
+            results = self._loop.run_until_complete(self._vault.detokenize_many(missing))
+            self._make_room(self._values, len(missing))
+            for token, result in zip(missing, results, strict=True):
+                answers[token] = result
+                if not isinstance(result, InvalidTokenError):
+                    self._values[token] = result
+        return [answers[token] or _unreachable() for token in tokens]
+
+    def _make_room(self, cache: dict[Any, Any], incoming: int) -> None:
+        if len(cache) + incoming <= self._max_entries:
+            return
+        # Dicts keep insertion order, so the first keys are the oldest entries.
+        oldest = list(cache)[: len(cache) // 2 + incoming]
+        for key in oldest:
+            del cache[key]
+
+
+def _unreachable() -> NoReturn:
+    raise AssertionError("unreachable: every item has an answer after the vault call")

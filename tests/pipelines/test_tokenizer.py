@@ -1,0 +1,70 @@
+"""The tokenizer's per-run cache on a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import InvalidTokenError, InvalidValueError
+from gateway.pipelines.tokenizer import VaultTokenizer
+from gateway.store.sqlite import SqliteStore
+from gateway.tokens.vault import TokenizeItem, Vault
+from tests.conftest import make_key_ring
+
+
+@pytest.fixture
+def loop_and_store(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, SqliteStore]]:
+    loop = asyncio.new_event_loop()
+    store = SqliteStore(tmp_path / "tokens.db", timeout=5.0)
+    yield loop, store
+    loop.run_until_complete(store.close())
+    loop.close()
+
+
+def test_repeated_values_reach_the_store_once(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    loop, store = loop_and_store
+    tokenizer = VaultTokenizer(Vault(store, make_key_ring()), loop)
+    ssn = TokenizeItem("123-45-6789", class_name="person.ssn")
+    name = TokenizeItem("Alice", class_name="person.name")
+
+    first = tokenizer.tokenize([ssn, name, ssn])
+    second = tokenizer.tokenize([name, ssn])
+
+    assert first[0] == first[2] == second[1]
+    assert first[1] == second[0]
+    assert tokenizer.store_items == 2
+
+
+def test_errors_are_returned_per_item(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    loop, store = loop_and_store
+    tokenizer = VaultTokenizer(Vault(store, make_key_ring()), loop)
+    results = tokenizer.tokenize([TokenizeItem("not a card", format="pan"), TokenizeItem("x")])
+    assert isinstance(results[0], InvalidValueError)
+    assert isinstance(results[1], str)
+    revealed = tokenizer.detokenize(["tok_00000000000000000000000000000000", results[1]])
+    assert isinstance(revealed[0], InvalidTokenError)
+    assert getattr(revealed[1], "value", None) == "x"
+
+
+def test_cache_forgets_oldest_when_full(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    loop, store = loop_and_store
+    tokenizer = VaultTokenizer(Vault(store, make_key_ring()), loop, max_entries=4)
+    items = [TokenizeItem(f"value {number}", deterministic=True) for number in range(6)]
+    tokens = [tokenizer.tokenize([item])[0] for item in items]
+    assert tokenizer.store_items == 6
+
+    # The first item was forgotten, so it goes to the store again and, being deterministic,
+    # gets its token back.
+    assert tokenizer.tokenize([items[0]]) == [tokens[0]]
+    assert tokenizer.store_items == 7
+    assert tokenizer.tokenize([items[5]]) == [tokens[5]]
+    assert tokenizer.store_items == 7
