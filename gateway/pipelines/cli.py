@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.loader import load_config
-from gateway.config.model import LoggingConfig
+from gateway.config.model import Config, LoggingConfig
+from gateway.engine.auth import find_client
 from gateway.errors import (
     ConfigError,
     KeyMaterialError,
@@ -21,11 +22,13 @@ from gateway.errors import (
     StoreUnavailableError,
 )
 from gateway.logs import configure_logging
+from gateway.pipelines.access import PipelineAccess
 from gateway.pipelines.infer import DEFAULT_SAMPLE_ROWS, infer_spec
 from gateway.pipelines.progress import Progress
 from gateway.pipelines.runner import RunOptions, run_pipeline
 from gateway.pipelines.specfile import load_spec
 from gateway.pipelines.workers import VaultSettings
+from gateway.policy.model import View
 
 logger = logging.getLogger("gateway.pipelines")
 
@@ -65,6 +68,23 @@ def register(commands: Any) -> None:
         help="replace tokens by their original values; the output then contains plaintext",
     )
     run.add_argument(
+        "--client",
+        help="the client from the configuration that the run acts as; required with --reveal, "
+        "which writes what this client's grants allow; its key is read from the variable "
+        "that --client-key-env names",
+    )
+    run.add_argument(
+        "--client-key-env",
+        default="VAULTGATE_CLIENT_KEY",
+        help="environment variable holding the client's API key (default VAULTGATE_CLIENT_KEY)",
+    )
+    run.add_argument(
+        "--view",
+        choices=("plain", "masked", "redacted"),
+        help="with --reveal: the view to write, capped by the client's best grant per class "
+        "(default: that best grant)",
+    )
+    run.add_argument(
         "--reject-file",
         help="write malformed rows here, whole, and go on; without it the first one stops the run",
     )
@@ -87,6 +107,28 @@ def register(commands: Any) -> None:
         help=f"rows to sample (default {DEFAULT_SAMPLE_ROWS})",
     )
     infer.set_defaults(command_function=_infer)
+
+
+def _access(arguments: argparse.Namespace, source: object, config: Config) -> PipelineAccess | str:
+    """Return the run's client and policy, or the reason it may not run."""
+    client = arguments.client
+    if arguments.reveal and client is None:
+        return "--reveal needs --client: a reveal writes what that client's grants allow"
+    if client is not None:
+        key = os.environ.get(arguments.client_key_env, "")
+        found = find_client(key, config.policy.clients)
+        if found is None or found.name != client:
+            return (
+                f"missing or invalid API key for client {client!r} in the "
+                f"{arguments.client_key_env} environment variable"
+            )
+    return PipelineAccess(
+        client=client,
+        policy=config.policy,
+        view=View.parse(arguments.view) if arguments.view else None,
+        operation=f"pipeline {Path(str(source)).name}",
+        audit=config.audit,
+    )
 
 
 def _fail(message: str) -> int:
@@ -117,15 +159,16 @@ def _run(arguments: argparse.Namespace) -> int:
         return _fail(
             f"{spec.source} detokenizes, which writes plaintext; pass --reveal to allow that"
         )
-    # NOTE: --reveal is the only guard on re-identification for now. The role and policy check
-    # (whether this client may see plain or only masked values of each class) goes here once
-    # the vault API has roles and policies.
+    access = _access(arguments, spec.source, config)
+    if isinstance(access, str):
+        return _fail(access)
 
     settings = VaultSettings(
         store_url=config.store.url,
         store_timeout=config.limits.store_timeout,
         base_dir=config.source.parent,
         keys=config.keys,
+        access=access,
     )
     options = RunOptions(
         workers=arguments.workers, reveal=arguments.reveal, reject_file=arguments.reject_file

@@ -12,7 +12,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn, Protocol
 
+from gateway.audit.events import AuditEvent
+from gateway.audit.log import AuditLog
 from gateway.errors import InvalidTokenError, InvalidValueError
+from gateway.pipelines.access import PipelineAccess
 from gateway.tokens.vault import Revealed, TokenizeItem, Vault
 
 DEFAULT_CACHE_ENTRIES: Final = 100_000
@@ -43,9 +46,13 @@ class VaultTokenizer:
         loop: asyncio.AbstractEventLoop,
         *,
         max_entries: int = DEFAULT_CACHE_ENTRIES,
+        access: PipelineAccess | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._vault = vault
         self._loop = loop
+        self._access = access
+        self._audit = audit
         self._max_entries = max_entries
         self._tokens: dict[TokenizeItem, str] = {}
         self._values: dict[str, Revealed] = {}
@@ -65,7 +72,14 @@ class VaultTokenizer:
                 answers[item] = result
                 if not isinstance(result, InvalidValueError):
                     self._tokens[item] = result
-        return [answers[item] or _unreachable() for item in items]
+        results = [answers[item] or _unreachable() for item in items]
+        if self._access is not None:
+            fingerprints = [
+                None if isinstance(result, InvalidValueError) else self._vault.fingerprint(result)
+                for result in results
+            ]
+            self._record(self._access.tokenized([item.class_name for item in items], fingerprints))
+        return results
 
     def detokenize(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
         answers: dict[str, Revealed | InvalidTokenError | None] = {
@@ -80,7 +94,18 @@ class VaultTokenizer:
                 answers[token] = result
                 if not isinstance(result, InvalidTokenError):
                     self._values[token] = result
-        return [answers[token] or _unreachable() for token in tokens]
+        results = [answers[token] or _unreachable() for token in tokens]
+        if self._access is None:
+            return results
+        fingerprints = [self._vault.fingerprint(token) for token in tokens]
+        shown, events = self._access.reveal(tokens, results, fingerprints)
+        # Recorded before any value is returned: no record, no reveal.
+        self._record(events)
+        return shown
+
+    def _record(self, events: list[AuditEvent]) -> None:
+        if self._audit is not None and events:
+            self._loop.run_until_complete(self._audit.record(events))
 
     def _make_room(self, cache: dict[Any, Any], incoming: int) -> None:
         if len(cache) + incoming <= self._max_entries:

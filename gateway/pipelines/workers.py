@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.writer import open_audit_log
 from gateway.config.model import KeysConfig
+from gateway.pipelines.access import PipelineAccess
 from gateway.pipelines.fileformat import FileFormat
 from gateway.pipelines.records import PartitionStats, RecordAdapter, Reject
 from gateway.pipelines.tokenizer import VaultTokenizer
@@ -35,6 +37,8 @@ class VaultSettings:
     store_timeout: float
     base_dir: Path
     keys: KeysConfig
+    access: PipelineAccess | None = None
+    """The client, policy and audit settings; None only in tests of the transform itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +137,16 @@ def _start_worker(settings: VaultSettings) -> None:
     store = open_store(
         settings.store_url, timeout=settings.store_timeout, base_dir=settings.base_dir
     )
-    tokenizer = VaultTokenizer(Vault(store, key_ring), loop)
+    audit = None
+    if settings.access is not None:
+        audit = loop.run_until_complete(
+            open_audit_log(
+                settings.access.worker_audit_config(),
+                key_ring.audit_key,
+                redis_timeout=settings.store_timeout,
+            )
+        )
+    tokenizer = VaultTokenizer(Vault(store, key_ring), loop, access=settings.access, audit=audit)
     _state = _WorkerState(loop, tokenizer, store.close)
 
 

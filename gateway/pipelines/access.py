@@ -1,0 +1,138 @@
+"""Who runs a pipeline, what its policy lets it reveal, and the audit records of its cells.
+
+A pipeline runs with the configuration's key file, so its policy check is not a wall against
+its operator: it caps what a reveal writes (plain, masked or redacted, per class, as the vault
+API would for the same client) and puts every tokenized and revealed cell in an audit trail,
+under the client's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.audit.events import AuditEvent, Outcome
+from gateway.config.audit import AuditConfig
+from gateway.errors import InvalidTokenError
+from gateway.policy.masks import render
+from gateway.policy.model import PolicyAction, PolicySet, View
+from gateway.tokens.vault import Revealed, ValueType
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineAccess:
+    """The client a pipeline runs as, its policy and its audit settings; picklable."""
+
+    client: str | None
+    """The client named with ``--client``, or None for a run that only tokenizes."""
+    policy: PolicySet
+    view: View | None
+    """The view asked for with ``--view``; None means the client's best grant per class."""
+    operation: str
+    """What audit records name as the operation, such as ``pipeline patients.yaml``."""
+    audit: AuditConfig
+
+    def worker_audit_config(self) -> AuditConfig:
+        """Return the audit settings of one worker process: its own file, next to the
+        configured one, because each writer of a file continues its own chain."""
+        if self.audit.file is None:
+            return self.audit
+        base = self.audit.file
+        file = base.with_name(f"{base.stem}.pipeline-{os.getpid()}{base.suffix}")
+        return dataclasses.replace(self.audit, file=Path(file), redis_stream=None)
+
+    def reveal(
+        self,
+        tokens: Sequence[str],
+        results: Sequence[Revealed | InvalidTokenError],
+        fingerprints: Sequence[str],
+    ) -> tuple[list[Revealed | InvalidTokenError], list[AuditEvent]]:
+        """Apply the policy to revealed values; return what may be written and the records.
+
+        A class the client may not detokenize becomes an error for that cell, so its row is
+        rejected as a row with an unknown token is.
+        """
+        shown: list[Revealed | InvalidTokenError] = []
+        events: list[AuditEvent] = []
+        client = self.policy.clients.get(self.client) if self.client else None
+        for result, fingerprint in zip(results, fingerprints, strict=True):
+            if isinstance(result, InvalidTokenError):
+                events.append(
+                    self._event(
+                        "detokenize",
+                        Outcome.FAILED,
+                        None,
+                        fingerprint,
+                        reason="unknown, expired or malformed token",
+                    )
+                )
+                shown.append(result)
+                continue
+            grant = (
+                self.policy.best_grant(client, PolicyAction.DETOKENIZE, result.class_name)
+                if client is not None
+                else None
+            )
+            if grant is None:
+                reason = f"client {self.client!r} may not detokenize class {result.class_name!r}"
+                events.append(
+                    self._event(
+                        "detokenize", Outcome.DENIED, result.class_name, fingerprint, reason=reason
+                    )
+                )
+                shown.append(InvalidTokenError(reason))
+                continue
+            view = min(self.view, grant.view) if self.view else grant.view
+            events.append(
+                self._event(
+                    "detokenize", Outcome.ALLOWED, result.class_name, fingerprint, view=view
+                )
+            )
+            if view is View.PLAIN:
+                shown.append(result)
+                continue
+            data_class = self.policy.classes.get(result.class_name)
+            mask = data_class.mask if data_class else None
+            value = render(result.value, view, mask) if mask else "*" * len(result.value)
+            shown.append(Revealed(value, ValueType.STRING, result.format, result.class_name))
+        return shown, events
+
+    def tokenized(
+        self, class_names: Sequence[str | None], fingerprints: Sequence[str | None]
+    ) -> list[AuditEvent]:
+        """Return the records of tokenized cells; a None fingerprint is a failed cell."""
+        return [
+            self._event(
+                "tokenize",
+                Outcome.ALLOWED if fingerprint else Outcome.FAILED,
+                class_name,
+                fingerprint,
+                reason=None if fingerprint else "value does not fit the format",
+            )
+            for class_name, fingerprint in zip(class_names, fingerprints, strict=True)
+        ]
+
+    def _event(
+        self,
+        action: str,
+        outcome: Outcome,
+        class_name: str | None,
+        fingerprint: str | None,
+        *,
+        view: View | None = None,
+        reason: str | None = None,
+    ) -> AuditEvent:
+        return AuditEvent(
+            action=action,
+            outcome=outcome,
+            client=self.client,
+            connection=None,
+            operation=self.operation,
+            class_name=class_name,
+            token_fingerprint=fingerprint,
+            view=view.label if view else None,
+            reason=reason,
+        )
