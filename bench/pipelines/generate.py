@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway.config.fields import parse_size
 
-SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "synthea_us_patients.csv"
+SOURCE = Path(__file__).resolve().parents[2] / "tests" / "data" / "synthea_us_patients.csv"
 
 
 def _pools() -> dict[str, list[str]]:

@@ -51,6 +51,7 @@ async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
     environ = {
         "VAULTGATE_LISTEN": "127.0.0.1:0",
         "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
+        "VAULTGATE_FORWARD_LISTEN": "off",
         "VAULTGATE_STORE": f"sqlite:///{tmp_path / 'tokens.db'}",
         "VAULTGATE_KEY_FILE": str(tmp_path / "keys.yaml"),
         "VAULTGATE_AUDIT_FILE": str(tmp_path / "audit.jsonl"),

@@ -23,7 +23,7 @@ from tests.pipelines.remote_servers import HOST, QUIET_LOGGERS, SftpServer
 from tests.redis_server import RedisServer, _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "tests" / "data"
 SYNTHESIZED = DATA / "synthesized"
 
 
