@@ -209,6 +209,8 @@ class FunctionTimeoutError(FunctionFailedError, TimeoutError):
 class UpstreamUnreachableError(MessageError, ConnectionError):
     status = 502
     error_type = "upstream_unreachable"
+    # The message names internal addresses and TLS errors, which belong in the log only.
+    public_message = "the upstream could not be reached"
 
 
 class UpstreamResponseError(MessageError):

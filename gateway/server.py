@@ -110,6 +110,7 @@ class Gateway:
             self.upstream,
             access_log=config.logging.access_log,
             functions=functions,
+            metrics=self.metrics,
         )
         self.proxy = proxy
         # auto_decompress off: the route engine decodes bodies itself, with an output cap, and
@@ -132,7 +133,9 @@ class Gateway:
         if config.listen.forward is not None:
             own = [self.reverse_address, *filter(None, [self.admin_address])]
             own.extend(filter(None, [store_endpoint(config.store.url)]))
-            self.forward = await ForwardProxy.start(config, enforcer, self.upstream, own)
+            self.forward = await ForwardProxy.start(
+                config, enforcer, self.upstream, own, metrics=self.metrics
+            )
 
     async def _listen(self, runner: web.BaseRunner, address: Address) -> Address:
         await runner.setup()

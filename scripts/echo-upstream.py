@@ -30,6 +30,9 @@ class EchoHandler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and not sys.argv[1].isdigit():
+        print(__doc__)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     print(f"echo upstream listening on http://127.0.0.1:{port}", flush=True)
     ThreadingHTTPServer(("127.0.0.1", port), EchoHandler).serve_forever()

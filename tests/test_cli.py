@@ -222,6 +222,8 @@ def test_run_reloads_keys_on_sighup(tmp_path: Path) -> None:
             "VAULTGATE_ADMIN_LISTEN": "127.0.0.1:0",
             "VAULTGATE_FORWARD_LISTEN": "off",
             "VAULTGATE_DEVELOPMENT": "false",
+            "VAULTGATE_BACKEND_KEY": "backend-key-0123456789",
+            "VAULTGATE_SUPPORT_KEY": "support-key-0123456789",
             "APP_UPSTREAM": "http://127.0.0.1:9",
         }
     )

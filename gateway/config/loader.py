@@ -67,6 +67,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     root.check_keys(_SECTIONS)
 
     listen = _listen(root.section("listen"))
+    _check_listeners_apart(listen, root)
     store = _store(root.section("store"), base_dir)
     keys = _keys(root.section("keys"), base_dir)
     limits = _limits(root.section("limits"))
@@ -84,6 +85,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     )
     warnings: list[ConfigProblem] = []
     connections = check_policy(policy, PolicySources(places), connections, problems, warnings)
+    if not keys.development:
+        _reject_development_client_keys(policy, places, problems)
     functions = read_functions_config(root.section("functions"), base_dir, problems)
     connections = check_function_steps(connections, functions, policy, problems)
     _check_forward_steps(connections, problems)
@@ -115,6 +118,42 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         audit=audit,
         warnings=tuple(warnings),
     )
+
+
+def _check_listeners_apart(listen: ListenConfig, root: Section) -> None:
+    """Report two listeners on one address, which would make the gateway fail to start."""
+    named = [("listen.reverse", listen.reverse), ("listen.admin", listen.admin)]
+    named.append(("listen.forward", listen.forward))
+    seen: dict[tuple[str, int], str] = {}
+    for name, address in named:
+        if address is None or address.port == 0:
+            continue
+        other = seen.setdefault((address.host, address.port), name)
+        if other != name:
+            root.problem(
+                "listen",
+                f"{other} and {name} are both {address}",
+                "give each listener its own port",
+            )
+
+
+def _reject_development_client_keys(
+    policy: PolicySet, places: Places, problems: list[ConfigProblem]
+) -> None:
+    """Report client keys that are development defaults when development is off."""
+    for client in policy.clients.values():
+        if any(key.development for key in client.keys):
+            file, line = places.get(("client", client.name), ("configuration", None))
+            problems.append(
+                ConfigProblem(
+                    file,
+                    line,
+                    f"client {client.name!r} uses a development key (it starts with 'dev-'), "
+                    "which keys.development: false does not allow",
+                    "give it a real key; config.example.yaml reads them from "
+                    "VAULTGATE_BACKEND_KEY and VAULTGATE_SUPPORT_KEY",
+                )
+            )
 
 
 def _check_forward_steps(connections: list[Connection], problems: list[ConfigProblem]) -> None:

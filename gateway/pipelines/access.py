@@ -17,9 +17,60 @@ from pathlib import Path
 from gateway.audit.events import AuditEvent, Outcome
 from gateway.config.audit import AuditConfig
 from gateway.errors import InvalidTokenError
+from gateway.pipelines.spec import Action, ColumnRule, PipelineSpec
 from gateway.policy.masks import render
 from gateway.policy.model import PolicyAction, PolicySet, View
+from gateway.tokens.formats import get_format
 from gateway.tokens.vault import Revealed, ValueType
+
+
+def resolve_classes(spec: PipelineSpec, policy: PolicySet) -> tuple[PipelineSpec, list[str]]:
+    """Give every tokenizing column its data class's format, determinism and expiry.
+
+    A column names its class with ``class``, or gets its format's default class, as a route
+    operation does, so that a value gets the same token in files as in the gateway's traffic.
+    Returns the resolved spec and the problems: an undefined class, or a setting of the spec
+    that contradicts its class. A configuration without classes leaves the spec as it is.
+    """
+    if not policy.classes:
+        return spec, []
+    problems: list[str] = []
+    columns: list[ColumnRule] = []
+    for rule in spec.columns:
+        if rule.action is not Action.TOKENIZE:
+            columns.append(rule)
+            continue
+        class_name = rule.class_name or get_format(rule.format).default_class
+        data_class = policy.classes.get(class_name)
+        if data_class is None:
+            defined = ", ".join(sorted(policy.classes))
+            problems.append(
+                f"{spec.source}: {rule.field} tokenizes into class {class_name!r}, which the "
+                f"configuration does not define (it defines {defined})"
+            )
+            columns.append(rule)
+            continue
+        fixed = {
+            "format": data_class.format,
+            "deterministic": data_class.deterministic,
+            "ttl": data_class.ttl,
+        }
+        for key, value in fixed.items():
+            if key in rule.explicit and getattr(rule, key) != value:
+                problems.append(
+                    f"{spec.source}: {rule.field} sets {key} {getattr(rule, key)!r}, but class "
+                    f"{class_name!r} fixes it to {value!r}; remove {key} from the rule"
+                )
+        columns.append(
+            dataclasses.replace(
+                rule,
+                class_name=class_name,
+                format=data_class.format,
+                deterministic=data_class.deterministic,
+                ttl=data_class.ttl,
+            )
+        )
+    return dataclasses.replace(spec, columns=tuple(columns)), problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from gateway.errors import (
     StoreUnavailableError,
 )
 from gateway.logs import configure_logging
-from gateway.pipelines.access import PipelineAccess
+from gateway.pipelines.access import PipelineAccess, resolve_classes
 from gateway.pipelines.infer import DEFAULT_SAMPLE_ROWS, infer_spec
 from gateway.pipelines.progress import Progress
 from gateway.pipelines.runner import RunOptions, run_pipeline
@@ -162,6 +162,11 @@ def _run(arguments: argparse.Namespace) -> int:
     access = _access(arguments, spec.source, config)
     if isinstance(access, str):
         return _fail(access)
+    spec, class_problems = resolve_classes(spec, config.policy)
+    if class_problems:
+        for class_problem in class_problems:
+            print(f"vaultgate: {class_problem}", file=sys.stderr)
+        return 1
 
     settings = VaultSettings(
         store_url=config.store.url,

@@ -119,6 +119,8 @@ class ColumnRule:
     deterministic: bool = False
     ttl: float | None = None
     class_name: str | None = None
+    explicit: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
+    """Which of format, deterministic and ttl the spec set itself."""
 
 
 @dataclass(frozen=True, slots=True)

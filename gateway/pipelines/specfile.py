@@ -319,6 +319,7 @@ def _column_rule(
         deterministic=section.boolean("deterministic", False),
         ttl=section.duration("ttl", None),
         class_name=section.string("class"),
+        explicit=frozenset(key for key in ("format", "deterministic", "ttl") if section.has(key)),
     )
     if field_ref is None:
         return None

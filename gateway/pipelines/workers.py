@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.util
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.log import AuditLog
 from gateway.audit.writer import open_audit_log
 from gateway.config.model import KeysConfig
 from gateway.pipelines.access import PipelineAccess
@@ -119,6 +121,7 @@ class _WorkerState:
     loop: asyncio.AbstractEventLoop
     tokenizer: VaultTokenizer
     close: Any
+    audit: AuditLog | None = None
 
 
 _state: _WorkerState | None = None
@@ -147,7 +150,11 @@ def _start_worker(settings: VaultSettings) -> None:
             )
         )
     tokenizer = VaultTokenizer(Vault(store, key_ring), loop, access=settings.access, audit=audit)
-    _state = _WorkerState(loop, tokenizer, store.close)
+    _state = _WorkerState(loop, tokenizer, store.close, audit)
+    if audit is not None and multiprocessing.parent_process() is not None:
+        # A pool worker ends without _stop_worker; this closes its audit file (and ends the
+        # file's fsync task) when multiprocessing shuts the worker down.
+        multiprocessing.util.Finalize(None, _close_audit, args=(loop, audit), exitpriority=10)
 
 
 def _stop_worker() -> None:
@@ -155,8 +162,15 @@ def _stop_worker() -> None:
     if _state is None:
         return
     state, _state = _state, None
+    if state.audit is not None:
+        state.loop.run_until_complete(state.audit.close())
     state.loop.run_until_complete(state.close())
     state.loop.close()
+
+
+def _close_audit(loop: asyncio.AbstractEventLoop, audit: AuditLog) -> None:
+    if not loop.is_closed():
+        loop.run_until_complete(audit.close())
 
 
 def _process(task: Task) -> TaskResult:

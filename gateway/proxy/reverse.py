@@ -43,6 +43,7 @@ from gateway.errors import (
 from gateway.functions.message import HttpMessage
 from gateway.functions.phase import PhaseRunner
 from gateway.functions.pool import FunctionPools
+from gateway.metrics import Metrics
 from gateway.policy.enforcer import Caller, Enforcer, Phase
 from gateway.proxy.errors import error_response
 from gateway.proxy.upstream import UpstreamClient, read_limited
@@ -89,12 +90,14 @@ class ReverseProxy:
         *,
         access_log: bool = True,
         functions: FunctionPools | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._router = router
         self._enforcer = enforcer
         self._limits = limits
         self._upstream = upstream
         self._access_log = access_log
+        self._metrics = metrics
         self._steps = PhaseRunner(enforcer, limits, functions)
 
     @property
@@ -327,6 +330,11 @@ class ReverseProxy:
         return response
 
     def _log_access(self, exchange: Exchange) -> None:
+        seconds = time.perf_counter() - exchange.started
+        if self._metrics is not None:
+            self._metrics.observe_request(
+                "reverse", exchange.connection, exchange.route, exchange.status, seconds
+            )
         if not self._access_log:
             return
         counts = exchange.counts or RewriteCounts()
@@ -337,7 +345,7 @@ class ReverseProxy:
             exchange.connection,
             exchange.route,
             exchange.status,
-            (time.perf_counter() - exchange.started) * 1000,
+            seconds * 1000,
             counts.tokenized,
             counts.detokenized,
             f" error={exchange.error_type}" if exchange.error_type else "",

@@ -111,11 +111,15 @@ class SqliteStore(TokenStore):
         return self._commits
 
     def _initialize(self) -> None:
+        created = not self.path.exists()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Only the gateway's user may list or read what the store holds (0700 and 0600).
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if created:
+                self.path.touch(mode=0o600)
         except OSError as exc:
             raise StoreUnavailableError(
-                f"cannot create the directory of SQLite store {self.path}: {exc}"
+                f"cannot create SQLite store {self.path}: {exc.strerror or exc}"
             ) from exc
         with self._mapped_errors("opening"), contextlib.closing(self._connect()) as connection:
             journal_mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]

@@ -41,6 +41,8 @@ def test_environment_overrides_example_defaults() -> None:
         "VAULTGATE_STORE": "redis://127.0.0.1:6390/2",
         "STRIPE_API_BASE": "http://127.0.0.1:12111",
         "VAULTGATE_DEVELOPMENT": "false",
+        "VAULTGATE_BACKEND_KEY": "backend-key-0123456789",
+        "VAULTGATE_SUPPORT_KEY": "support-key-0123456789",
     }
     config = load_config(ROOT / "config.example.yaml", environ=environ)
     assert config.listen.reverse == Address("0.0.0.0", 9000)
@@ -99,3 +101,20 @@ def test_parse_address(text: str, address: Address) -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=r"."):
         parse_address(text)
+
+
+def test_development_client_keys_refused_outside_development() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(ROOT / "config.example.yaml", environ={"VAULTGATE_DEVELOPMENT": "false"})
+    messages = [problem.message for problem in caught.value.problems]
+    assert any("client 'backend' uses a development key" in message for message in messages)
+    assert any("client 'support' uses a development key" in message for message in messages)
+
+
+def test_two_listeners_on_one_address(tmp_path: Path) -> None:
+    (tmp_path / "gw.yaml").write_text(
+        "listen: {reverse: '127.0.0.1:9000', admin: '127.0.0.1:9000', forward: 'off'}\nroutes: []\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "gw.yaml", environ={})
+    assert "listen.reverse and listen.admin are both 127.0.0.1:9000" in str(caught.value)

@@ -179,3 +179,50 @@ def test_run_audit_files_verify(tokenized: Path) -> None:
     assert files
     for path in files:
         assert verify_audit_file(path, key).ok
+
+
+def test_undefined_class_or_contradicting_setting_stops_the_run(tokenized: Path) -> None:
+    (tokenized / "bad.yaml").write_text(
+        "format: csv\ncolumns:\n  - {column: SSN, class: person.taxid}\n"
+    )
+    result = pipeline(
+        tokenized,
+        str(tokenized / "bad.yaml"),
+        str(tokenized / "plain.csv"),
+        "-o",
+        str(tokenized / "x.csv"),
+    )
+    assert result.returncode == 1
+    assert "class 'person.taxid', which the configuration does not define" in result.stderr
+    (tokenized / "bad.yaml").write_text(
+        "format: csv\ncolumns:\n  - {column: SSN, class: person.ssn, deterministic: false}\n"
+    )
+    result = pipeline(
+        tokenized,
+        str(tokenized / "bad.yaml"),
+        str(tokenized / "plain.csv"),
+        "-o",
+        str(tokenized / "x.csv"),
+    )
+    assert result.returncode == 1
+    assert "fixes it to True" in result.stderr
+    assert not (tokenized / "x.csv").exists()
+
+
+def test_class_settings_apply_to_the_column(tokenized: Path) -> None:
+    # person.ssn is deterministic in the configuration, and the spec need not say so.
+    (tokenized / "plain2.yaml").write_text(
+        "format: csv\ncolumns:\n  - {column: SSN, class: person.ssn}\n"
+    )
+    result = pipeline(
+        tokenized,
+        str(tokenized / "plain2.yaml"),
+        str(tokenized / "plain.csv"),
+        "-o",
+        str(tokenized / "again.csv"),
+        "--client",
+        "intake",
+        key="intake-key-0123456789",
+    )
+    assert result.returncode == 0, result.stderr
+    assert ssn_column(tokenized / "again.csv") == ssn_column(tokenized / "clean.csv")

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from gateway.server import Gateway
-from tests.harness import gateway_url, start_gateway
+from tests.harness import api_url, gateway_url, start_gateway
 from tests.upstream import ReceivedRequest, RecordingUpstream
 
 PAN = "4242424242424242"
@@ -381,7 +381,10 @@ async def test_upstream_unreachable_is_502(
     try:
         async with client.get(f"{gateway_url(gateway)}/x") as response:
             assert response.status == 502
-            assert (await response.json())["error"]["type"] == "upstream_unreachable"
+            error = (await response.json())["error"]
+            assert error["type"] == "upstream_unreachable"
+            # The body names no internal address; the log has the details.
+            assert error["message"] == "the upstream could not be reached"
     finally:
         await gateway.stop()
 
@@ -529,3 +532,16 @@ async def test_head_response_has_length_but_no_body(
     assert b"content-length: 1234" in head.lower()
     assert rest == b""
     assert upstream.last.method == "HEAD"
+
+
+async def test_proxied_requests_are_counted_in_metrics(
+    client: aiohttp.ClientSession, base: str, gateway: Gateway
+) -> None:
+    await checkout(client, base)
+    async with client.get(f"{api_url(gateway)}/metrics") as response:
+        text = (await response.read()).decode()
+    assert (
+        'vaultgate_requests_total{connection="shop",listener="reverse",route="checkout",'
+        'status="200"} 1.0'
+    ) in text
+    assert PAN not in text

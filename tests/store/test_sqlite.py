@@ -238,3 +238,12 @@ async def test_entry_of_vanished_record_ignored(tmp_path: Path) -> None:
         )
 
     assert result == [PutResult(PutStatus.STORED)]
+
+
+async def test_new_store_is_private_to_its_user(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "fresh" / "tokens.db", timeout=5.0)
+    try:
+        assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700
+        assert (tmp_path / "fresh" / "tokens.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        await store.close()

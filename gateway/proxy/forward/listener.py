@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from gateway.config.model import Address, Config
+from gateway.metrics import Metrics
 from gateway.policy.enforcer import Enforcer
 from gateway.proxy.ca import ensure_ca, load_cert_store
 from gateway.proxy.forward.access import Endpoint, HostMap, TunnelGuard
@@ -32,6 +33,7 @@ class ForwardProxy:
         enforcer: Enforcer,
         upstream: UpstreamClient,
         own_endpoints: Iterable[Address],
+        metrics: Metrics | None = None,
     ) -> ForwardProxy:
         """Start listening on ``config.listen.forward``; ``own_endpoints`` are the gateway's
         other listeners and its store, which tunnels never reach.
@@ -51,6 +53,7 @@ class ForwardProxy:
             upstream,
             proxy_auth=config.forward.proxy_auth,
             access_log=config.logging.access_log,
+            metrics=metrics,
         )
         endpoints = [Endpoint(address.host, address.port) for address in own_endpoints]
         endpoints.append(Endpoint(config.listen.forward.host, config.listen.forward.port))

@@ -35,6 +35,7 @@ from gateway.errors import (
     RouteNotMatchedError,
     UpstreamResponseError,
 )
+from gateway.metrics import Metrics
 from gateway.policy.enforcer import Caller, Enforcer, Phase
 from gateway.policy.model import Client
 from gateway.proxy.errors import error_body
@@ -67,12 +68,14 @@ class ForwardRelay:
         *,
         proxy_auth: bool,
         access_log: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self._enforcer = enforcer
         self._limits = limits
         self._upstream = upstream
         self._proxy_auth = proxy_auth
         self._access_log = access_log
+        self._metrics = metrics
 
     @property
     def clients(self) -> Mapping[str, Client]:
@@ -251,6 +254,11 @@ class ForwardRelay:
         return _mitmproxy_response(flow.request.method, upstream, headers, body)
 
     def log_access(self, exchange: Exchange, flow: http.HTTPFlow) -> None:
+        seconds = time.perf_counter() - exchange.started
+        if self._metrics is not None:
+            self._metrics.observe_request(
+                "forward", exchange.connection, exchange.route, exchange.status, seconds
+            )
         if not self._access_log:
             return
         counts = exchange.counts or RewriteCounts()
@@ -262,7 +270,7 @@ class ForwardRelay:
             exchange.connection,
             exchange.route,
             exchange.status,
-            (time.perf_counter() - exchange.started) * 1000,
+            seconds * 1000,
             counts.tokenized,
             counts.detokenized,
             f" error={exchange.error_type}" if exchange.error_type else "",
