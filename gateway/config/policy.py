@@ -43,7 +43,8 @@ DEVELOPMENT_KEY_PREFIX = "dev-"
 
 
 type Places = dict[tuple[str, str], tuple[str, int | None]]
-"""Where each definition is: ``(kind, name) -> (file, line)``, filled in by the readers."""
+"""The file and line of each definition, ``(kind, name) -> (file, line)``, filled in by the
+readers."""
 
 
 def read_clients(section: Section | None, places: Places) -> dict[str, Client]:

@@ -21,7 +21,7 @@ type Where = tuple[str, int | None]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PolicySources:
-    """Where each client, class and role was defined: ``(kind, name) -> (file, line)``."""
+    """The file and line of each client, class and role: ``(kind, name) -> (file, line)``."""
 
     places: dict[tuple[str, str], Where]
 

@@ -1,9 +1,9 @@
 """Who runs a pipeline, what its policy lets it reveal, and the audit records of its cells.
 
 A pipeline runs with the configuration's key file, so its policy check is not a wall against
-its operator: it caps what a reveal writes (plain, masked or redacted, per class, as the vault
-API would for the same client) and puts every tokenized and revealed cell in an audit trail,
-under the client's name.
+its operator. It caps what a reveal writes (plain, masked or redacted, per class, as the vault
+API would for the same client), and it records every tokenized and revealed value in an audit
+trail under the client's name.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class PipelineAccess:
     view: View | None
     """The view asked for with ``--view``; None means the client's best grant per class."""
     operation: str
-    """What audit records name as the operation, such as ``pipeline patients.yaml``."""
+    """The operation that audit records name, such as ``pipeline patients.yaml``."""
     audit: AuditConfig
 
     def worker_audit_config(self) -> AuditConfig:

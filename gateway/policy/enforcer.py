@@ -1,5 +1,5 @@
 """Vault operations under the policy: every tokenize, reveal, delete and erase is authorized,
-rate-limited where a grant says so, and audited before its result leaves the gateway.
+rate-limited where a grant sets a limit, and audited before its result leaves the gateway.
 
 The proxies call ``rewrite`` for a route's field operations; the vault API calls the batch
 methods. A denial rejects the whole message or item and is audited too. The audit records are
@@ -37,7 +37,7 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who asks, through what: the audit record's subject."""
+    """The client and the connection or API call behind a request: an audit record's subject."""
 
     client: Client | None
     """None on a public connection, which may only tokenize."""
@@ -155,8 +155,8 @@ class Enforcer:
     ) -> list[str | InvalidValueError]:
         if not items:
             return []
-        # A response's fields are tokenized for the connection's sake, so no grant is needed;
-        # a public connection's callers may tokenize without one, as a checkout page does.
+        # A response's fields are tokenized for the connection's sake, so no grant is needed.
+        # A public connection's callers may tokenize without one, as a checkout page does.
         if phase is Phase.REQUEST and caller.client is not None:
             for item in items:
                 class_name = item.class_name or ""

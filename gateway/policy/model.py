@@ -1,6 +1,6 @@
 """Clients, data classes and roles: who may do what with which values, and how they see them.
 
-A client proves who it is with an API key and holds roles. A role grants actions on data
+A client proves who it is with an API key and has roles. A role grants actions on data
 classes, each grant with the best view its holder may get. A data class (``card.pan``,
 ``pii.email``) fixes how its values are tokenized, how they are masked, and to which
 connections' upstreams its plaintext may be sent. Anything no grant allows is denied.
@@ -21,7 +21,7 @@ class PolicyAction(enum.Enum):
 
 
 class View(enum.IntEnum):
-    """How a detokenized value is shown, from least to most revealing."""
+    """The form in which a detokenized value is shown, from least to most revealing."""
 
     REDACTED = 1
     MASKED = 2
@@ -88,7 +88,7 @@ class Role:
 
 
 class MaskKind(enum.Enum):
-    """How the masked view of a class shows a value."""
+    """The rule by which the masked view of a class shows a value."""
 
     LAST4 = "last4"
     """Every letter and digit but the last four becomes ``*``; separators stay."""

@@ -19,7 +19,7 @@ class RateLimiter:
     """Token buckets kept in this process.
 
     NOTE: each gateway process keeps its own buckets, so a fleet of N gateways allows up to N
-    times a grant's rate; a shared limit would need the buckets in Redis.
+    times a grant's rate. A shared limit would need the buckets in Redis.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
