@@ -1,4 +1,4 @@
-"""Who runs a pipeline, what its policy lets it reveal, and the audit records of its cells.
+"""Pipeline access control: the client a pipeline runs as, its reveal policy and its audit.
 
 A pipeline runs with the configuration's key file, so its policy check is not a wall against
 its operator. It caps what a reveal writes (plain, masked or redacted, per class, as the vault

@@ -36,8 +36,9 @@ class VaultTokenizer:
     """A ``Tokenizer`` over a ``Vault``, for one thread.
 
     ``loop`` is the event loop that the vault's store is used on; every vault call runs to
-    completion on it. Equal items share one token for the whole run, also when they are not
-    deterministic, and a cache forgets its oldest half when it holds ``max_entries``.
+    completion on it. Equal items share one token while they are cached, also when they are not
+    deterministic. Each cache evicts its oldest half when it reaches ``max_entries``, so a
+    non-deterministic value seen again after eviction gets a new token.
     """
 
     def __init__(
@@ -60,19 +61,19 @@ class VaultTokenizer:
         """Items sent to the store so far; the cache keeps this below the items requested."""
 
     def tokenize(self, items: Sequence[TokenizeItem]) -> list[str | InvalidValueError]:
-        answers: dict[TokenizeItem, str | InvalidValueError | None] = {
+        outcomes: dict[TokenizeItem, str | InvalidValueError | None] = {
             item: self._tokens.get(item) for item in items
         }
-        missing = [item for item, token in answers.items() if token is None]
+        missing = [item for item, token in outcomes.items() if token is None]
         if missing:
             self.store_items += len(missing)
             results = self._loop.run_until_complete(self._vault.tokenize_many(missing))
             self._make_room(self._tokens, len(missing))
             for item, result in zip(missing, results, strict=True):
-                answers[item] = result
+                outcomes[item] = result
                 if not isinstance(result, InvalidValueError):
                     self._tokens[item] = result
-        results = [answers[item] or _unreachable() for item in items]
+        results = [outcomes[item] or _unreachable() for item in items]
         if self._access is not None:
             fingerprints = [
                 None if isinstance(result, InvalidValueError) else self._vault.fingerprint(result)
@@ -82,26 +83,26 @@ class VaultTokenizer:
         return results
 
     def detokenize(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
-        answers: dict[str, Revealed | InvalidTokenError | None] = {
+        outcomes: dict[str, Revealed | InvalidTokenError | None] = {
             token: self._values.get(token) for token in tokens
         }
-        missing = [token for token, value in answers.items() if value is None]
+        missing = [token for token, value in outcomes.items() if value is None]
         if missing:
             self.store_items += len(missing)
             results = self._loop.run_until_complete(self._vault.detokenize_many(missing))
             self._make_room(self._values, len(missing))
             for token, result in zip(missing, results, strict=True):
-                answers[token] = result
+                outcomes[token] = result
                 if not isinstance(result, InvalidTokenError):
                     self._values[token] = result
-        results = [answers[token] or _unreachable() for token in tokens]
+        results = [outcomes[token] or _unreachable() for token in tokens]
         if self._access is None:
             return results
         fingerprints = [self._vault.fingerprint(token) for token in tokens]
-        shown, events = self._access.reveal(tokens, results, fingerprints)
+        revealed, events = self._access.reveal(tokens, results, fingerprints)
         # Recorded before any value is returned: no record, no reveal.
         self._record(events)
-        return shown
+        return revealed
 
     def _record(self, events: list[AuditEvent]) -> None:
         if self._audit is not None and events:
@@ -117,4 +118,4 @@ class VaultTokenizer:
 
 
 def _unreachable() -> NoReturn:
-    raise AssertionError("unreachable: every item has an answer after the vault call")
+    raise AssertionError("unreachable: every item has a result after the vault call")
