@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -138,17 +138,53 @@ def seal_events(
     Every record gets the time ``moment``. Raises ``TypeError`` or ``ValueError`` when an event
     field cannot be encoded, before any record is returned.
     """
-    time = format_time(moment)
+    time = _encode_text(format_time(moment))
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
     records: list[AuditRecord] = []
     seq, prev = after.seq, after.mac
     for event in events:
         seq += 1
-        fields = event_fields(event) | {"seq": seq, "time": time, "prev": prev}
-        unsigned = canonical_json(fields)
-        mac = hmac.new(key, unsigned, hashlib.sha256).hexdigest()
+        unsigned = _canonical_event(event, seq, time, prev)
+        mac_context = keyed.copy()
+        mac_context.update(unsigned)
+        mac = mac_context.hexdigest()
         records.append(AuditRecord(seq, mac, _with_mac(unsigned, mac) + b"\n"))
         prev = mac
     return records
+
+
+def _canonical_event(event: AuditEvent, seq: int, time: str, prev: str) -> bytes:
+    """Return ``canonical_json`` of the event's fields with ``seq``, ``time`` and ``prev``.
+
+    It writes the keys in their sorted order by hand, because this runs once per record and
+    ``json.dumps`` with ``sort_keys`` costs about five times more. Every field is text or None
+    except ``seq``, and text is escaped by the function ``json.dumps`` uses with
+    ``ensure_ascii=False``, so the bytes are the same. ``time`` comes already escaped.
+    """
+    text = (
+        f'{{"action":{_encode_text(event.action)}'
+        f',"class_name":{_encode_optional(event.class_name)}'
+        f',"client":{_encode_optional(event.client)}'
+        f',"connection":{_encode_optional(event.connection)}'
+        f',"operation":{_encode_text(event.operation)}'
+        f',"outcome":{_encode_text(event.outcome.value)}'
+        f',"prev":{_encode_text(prev)}'
+        f',"reason":{_encode_optional(event.reason)}'
+        f',"seq":{int(seq)}'
+        f',"time":{time}'
+        f',"token_fingerprint":{_encode_optional(event.token_fingerprint)}'
+        f',"view":{_encode_optional(event.view)}}}'
+    )
+    return text.encode("utf-8")
+
+
+_encode_text: Final[Callable[[str], str]] = json.encoder.encode_basestring
+"""JSON string encoding without ASCII escaping: what ``json.dumps`` uses with
+``ensure_ascii=False``. It raises ``TypeError`` for anything but ``str``."""
+
+
+def _encode_optional(value: str | None) -> str:
+    return "null" if value is None else _encode_text(value)
 
 
 def _with_mac(unsigned: bytes, mac: str) -> bytes:

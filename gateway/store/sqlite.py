@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -35,6 +36,21 @@ logger = logging.getLogger("gateway.store")
 MAX_GROUP_CALLS: Final = 256
 """Maximum number of calls that one write transaction serves, which bounds how long it holds
 the write lock."""
+WAL_CHECKPOINT_BYTES: Final = 64 * 1024 * 1024
+"""Size of the WAL file above which the writer runs a truncating checkpoint after a commit.
+
+The writer turns SQLite's automatic checkpoints off and runs these instead. Automatic ones copy
+pages back but start the WAL file over only when no connection reads an older snapshot, and
+while one runs, another process's checkpoint fails at once. With two processes writing all the
+time, such as pipeline workers, the WAL file grew to over ten times the database.
+"""
+WAL_CHECK_BACKOFF_COMMITS: Final = 8
+"""Commits to wait before checking the WAL file again after a checkpoint that waited for
+``WAL_CHECK_BACKOFF_AFTER`` seconds or more and still did not finish."""
+WAL_CHECK_BACKOFF_AFTER: Final = 0.5
+CACHE_KIB: Final = 64 * 1024
+"""Page cache of the writer connection. Random lookup keys spread inserts over the whole B-tree,
+so a cache smaller than the hot part of the database turns most inserts into page reads."""
 MAX_PARAMETERS: Final = 500
 """Lookup keys per ``IN (...)`` list, well below SQLite's limit on host parameters."""
 
@@ -87,10 +103,21 @@ class SqliteStore(TokenStore):
     another connection or process holds before the call raises ``StoreUnavailableError``.
     """
 
-    def __init__(self, path: Path, *, timeout: float, purge_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        timeout: float,
+        purge_interval: float = 60.0,
+        wal_checkpoint_bytes: int = WAL_CHECKPOINT_BYTES,
+    ) -> None:
         self.path = path
         self._timeout = timeout
         self._purge_interval = purge_interval
+        self._wal_path = path.with_name(path.name + "-wal")
+        self._wal_checkpoint_bytes = wal_checkpoint_bytes
+        self._wal_checks_to_skip = 0
+        self._wal_checks_skipped = 0
         self._closed = False
         self._commits = 0
         self._initialize()
@@ -150,7 +177,7 @@ class SqliteStore(TokenStore):
             return []
         items = list(requests)
         results: list[PutResult] = await self._write(
-            lambda connection, now: [_put_one(connection, now, item) for item in items]
+            lambda connection, now: _put_batch(connection, now, items)
         )
         return results
 
@@ -328,12 +355,50 @@ class SqliteStore(TokenStore):
         self._commits += 1
         for call, result in zip(calls, results, strict=True):
             call.future.set_result(result)
+        self._limit_wal()
+
+    def _limit_wal(self) -> None:
+        """Checkpoint and truncate the WAL file once it is larger than the configured size.
+
+        The checkpoint waits up to the busy timeout for other connections' transactions, but
+        fails at once while another connection runs a checkpoint. After a failure that waited,
+        the next attempt comes a few commits later; after one that did not, at the next commit.
+        """
+        if self._wal_checks_skipped < self._wal_checks_to_skip:
+            self._wal_checks_skipped += 1
+            return
+        try:
+            size = os.stat(self._wal_path).st_size
+        except OSError:
+            return
+        if size <= self._wal_checkpoint_bytes or self._writer_connection is None:
+            return
+        started = time.monotonic()
+        try:
+            busy, _, _ = self._writer_connection.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            busy = 1
+            logger.warning("checkpoint of SQLite store %s failed: %s", self.path, exc)
+        waited = time.monotonic() - started >= WAL_CHECK_BACKOFF_AFTER
+        self._wal_checks_skipped = 0
+        self._wal_checks_to_skip = WAL_CHECK_BACKOFF_COMMITS if busy and waited else 0
+        if busy:
+            logger.debug(
+                "the WAL file of SQLite store %s is %d MiB, and other connections kept the "
+                "checkpoint from finishing",
+                self.path,
+                size >> 20,
+            )
 
     def _run_transaction(self, calls: list[_WriteCall]) -> list[Any]:
         with self._mapped_errors("write"):
             try:
                 if self._writer_connection is None:
                     self._writer_connection = self._connect()
+                    self._writer_connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+                    self._writer_connection.execute("PRAGMA wal_autocheckpoint = 0")
                 connection = self._writer_connection
                 # IMMEDIATE takes the write lock first, so the checks below see what is committed.
                 connection.execute("BEGIN IMMEDIATE")
@@ -375,43 +440,113 @@ def _copy_error(error: StoreError | StoreUnavailableError) -> BaseException:
     return copy
 
 
-def _put_one(connection: sqlite3.Connection, now: float, request: PutRequest) -> PutResult:
-    record = request.record
-    if request.index_key is not None:
-        row = connection.execute(
-            "SELECT entry.sealed_token FROM index_entries AS entry"
-            " JOIN records AS record ON record.lookup_key = entry.lookup_key"
-            " WHERE entry.index_key = :index_key"
-            " AND (entry.expires_at IS NULL OR entry.expires_at > :now)"
-            " AND (record.expires_at IS NULL OR record.expires_at > :now)",
-            {"index_key": request.index_key, "now": now},
-        ).fetchone()
-        if row is not None:
-            return PutResult(PutStatus.EXISTING, sealed_token=row[0])
+def _put_batch(
+    connection: sqlite3.Connection, now: float, requests: list[PutRequest]
+) -> list[PutResult]:
+    """Decide each request in order as ``TokenStore.put_many`` specifies, then write the new rows.
 
-    taken = connection.execute(
-        "SELECT 1 FROM records WHERE lookup_key = ? AND (expires_at IS NULL OR expires_at > ?)",
-        (record.lookup_key, now),
-    ).fetchone()
-    if taken is not None:
-        return PutResult(PutStatus.COLLISION)
+    The live index entries and records that the batch touches are read with a few ``IN``
+    queries, and the new rows are written with ``executemany``, rather than with several
+    statements per request: per statement, the Python side of ``sqlite3`` costs more than the
+    B-tree work. Requests decided earlier in the batch count as written for later ones.
+    """
+    existing = _live_index_entries(connection, now, requests)
+    records = _records_by_lookup_key(connection, now, requests)
 
-    # An expired record may remain under this lookup key until the purge. It is replaced, and
-    # the index entries that point at it are deleted.
-    expires_at = None if record.expires_at is None else round(record.expires_at * 1000) / 1000
-    connection.execute("DELETE FROM index_entries WHERE lookup_key = ?", (record.lookup_key,))
-    connection.execute(
+    results: list[PutResult] = []
+    stored: list[PutRequest] = []
+    stale: list[tuple[bytes]] = []
+    for request in requests:
+        lookup_key = request.record.lookup_key
+        if request.index_key is not None and request.index_key in existing:
+            results.append(PutResult(PutStatus.EXISTING, sealed_token=existing[request.index_key]))
+            continue
+        live = records.get(lookup_key)
+        if live:
+            results.append(PutResult(PutStatus.COLLISION))
+            continue
+        if live is not None:
+            # An expired record remains under this lookup key until the purge. It is replaced,
+            # and the index entries that point at it are deleted.
+            stale.append((lookup_key,))
+        records[lookup_key] = True
+        if request.index_key is not None:
+            assert request.sealed_token is not None
+            existing[request.index_key] = request.sealed_token
+        stored.append(request)
+        results.append(PutResult(PutStatus.STORED))
+
+    connection.executemany("DELETE FROM index_entries WHERE lookup_key = ?", stale)
+    connection.executemany(
         "INSERT OR REPLACE INTO records (lookup_key, blob, key_version, expires_at)"
         " VALUES (?, ?, ?, ?)",
-        (record.lookup_key, record.blob, record.key_version, expires_at),
+        [
+            (
+                request.record.lookup_key,
+                request.record.blob,
+                request.record.key_version,
+                _stored_expiry(request.record.expires_at),
+            )
+            for request in stored
+        ],
     )
-    if request.index_key is not None:
-        connection.execute(
-            "INSERT OR REPLACE INTO index_entries (index_key, lookup_key, sealed_token, expires_at)"
-            " VALUES (?, ?, ?, ?)",
-            (request.index_key, record.lookup_key, request.sealed_token, expires_at),
+    connection.executemany(
+        "INSERT OR REPLACE INTO index_entries (index_key, lookup_key, sealed_token, expires_at)"
+        " VALUES (?, ?, ?, ?)",
+        [
+            (
+                request.index_key,
+                request.record.lookup_key,
+                request.sealed_token,
+                _stored_expiry(request.record.expires_at),
+            )
+            for request in stored
+            if request.index_key is not None
+        ],
+    )
+    return results
+
+
+def _live_index_entries(
+    connection: sqlite3.Connection, now: float, requests: list[PutRequest]
+) -> dict[bytes, bytes]:
+    """Return the sealed token of each live index entry (with a live record) that ``requests``
+    name, by index key."""
+    index_keys = list(
+        dict.fromkeys(request.index_key for request in requests if request.index_key is not None)
+    )
+    found: dict[bytes, bytes] = {}
+    for chunk in _chunks(index_keys):
+        select = (
+            "SELECT entry.index_key, entry.sealed_token FROM index_entries AS entry"  # noqa: S608 - only "?" placeholders are formatted into the SQL
+            " JOIN records AS record ON record.lookup_key = entry.lookup_key"
+            f" WHERE entry.index_key IN ({_placeholders(chunk)})"
+            " AND (entry.expires_at IS NULL OR entry.expires_at > ?)"
+            " AND (record.expires_at IS NULL OR record.expires_at > ?)"
         )
-    return PutResult(PutStatus.STORED)
+        found.update(connection.execute(select, (*chunk, now, now)).fetchall())
+    return found
+
+
+def _records_by_lookup_key(
+    connection: sqlite3.Connection, now: float, requests: list[PutRequest]
+) -> dict[bytes, bool]:
+    """Return whether each record that ``requests`` name is live, by lookup key. Records that
+    do not exist at all are absent."""
+    lookup_keys = list(dict.fromkeys(request.record.lookup_key for request in requests))
+    found: dict[bytes, bool] = {}
+    for chunk in _chunks(lookup_keys):
+        select = (
+            f"SELECT lookup_key, {_LIVE} FROM records"  # noqa: S608 - only "?" placeholders are formatted into the SQL
+            f" WHERE lookup_key IN ({_placeholders(chunk)})"
+        )
+        found.update((key, bool(live)) for key, live in connection.execute(select, (now, *chunk)))
+    return found
+
+
+def _stored_expiry(expires_at: float | None) -> float | None:
+    """Return an expiry time rounded to whole milliseconds, as the records store it."""
+    return None if expires_at is None else round(expires_at * 1000) / 1000
 
 
 def _delete(connection: sqlite3.Connection, now: float, lookup_keys: list[bytes]) -> int:

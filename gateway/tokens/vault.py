@@ -340,7 +340,7 @@ def _put_request(cipher: RecordCipher, item: _PendingItem) -> PutRequest:
     record = StoredRecord(
         lookup_key=lookup_key,
         blob=blob,
-        key_version=read_key_version(blob),
+        key_version=cipher.primary_version,
         expires_at=item.metadata.expires_at,
     )
     if item.index_key is None:

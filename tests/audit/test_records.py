@@ -212,3 +212,34 @@ def test_line_equals_full_canonical_encoding_for_tricky_text() -> None:
     fields = json.loads(record.line)
     assert record.line == canonical_json(fields) + b"\n"
     assert fields["operation"] == "POST /v1/detokenize"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('quote " and backslash \\', id="escapes"),
+        pytest.param("tab\tnew line\ncarriage\rnul\x00bell\x07", id="control-characters"),
+        pytest.param("\u2028\u2029\x7f", id="separators-and-delete"),
+        pytest.param("emoji 🙂 and käse", id="non-ascii"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_sealed_line_is_canonical_for_any_text(text: str) -> None:
+    event = AuditEvent(
+        action="tokenize",
+        outcome=Outcome.FAILED,
+        client=text,
+        connection=None,
+        operation=text or "op",
+        class_name=text,
+        token_fingerprint=None,
+        view=text,
+        reason=text,
+    )
+
+    [record] = seal_events([event], ChainPosition(7, "ab" * 32), AUDIT_KEY.reveal(), MOMENT)
+
+    fields = json.loads(record.line)
+    assert record.line == canonical_json(fields) + b"\n"
+    assert check_line(record.line, AUDIT_KEY.reveal()) == CheckedRecord(8, "ab" * 32, record.mac)
+    assert fields["reason"] == text

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import sqlite3
 import time
@@ -247,3 +248,71 @@ async def test_new_store_is_private_to_its_user(tmp_path: Path) -> None:
         assert (tmp_path / "fresh" / "tokens.db").stat().st_mode & 0o777 == 0o600
     finally:
         await store.close()
+
+
+async def test_replaced_expired_record_drops_its_entries(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    expired = record(expires_at=time.time() - 1)
+    async with opened(path) as store:
+        await store.put_many([PutRequest(expired, index_key=os.urandom(32), sealed_token=b"old")])
+        replacement = StoredRecord(expired.lookup_key, os.urandom(40), 1, None)
+
+        result = await store.put_many([PutRequest(replacement)])
+
+    assert result == [PutResult(PutStatus.STORED)]
+    assert query(path, "SELECT count(*) FROM index_entries") == [(0,)]
+    assert query(path, "SELECT blob FROM records") == [(replacement.blob,)]
+
+
+async def test_large_indexed_batch_over_parameter_limit(tmp_path: Path) -> None:
+    index_keys = [os.urandom(32) for _ in range(1200)]
+    sealed = [f"sealed {number}".encode() for number in range(1200)]
+    async with opened(tmp_path / "tokens.db") as store:
+        first = await store.put_many(
+            [
+                PutRequest(record(), index_key=index_key, sealed_token=token)
+                for index_key, token in zip(index_keys, sealed, strict=True)
+            ]
+        )
+        again = await store.put_many(
+            [
+                PutRequest(record(), index_key=index_key, sealed_token=b"x")
+                for index_key in index_keys
+            ]
+        )
+
+    assert first == [PutResult(PutStatus.STORED)] * 1200
+    assert again == [PutResult(PutStatus.EXISTING, sealed_token=token) for token in sealed]
+
+
+def test_wal_stays_bounded_with_two_writer_processes(tmp_path: Path) -> None:
+    # Two processes write to one file all the time, as two pipeline workers do.
+    path = tmp_path / "tokens.db"
+    limit = 1024 * 1024
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        largest = pool.starmap(_write_and_watch_wal, [(path, limit)] * 2)
+
+    # One commit of 200 random inserts writes a few hundred pages, so the WAL file may pass the
+    # limit by that much before the next checkpoint truncates it. Without checkpoints it
+    # passes 10 MiB here.
+    assert max(largest) < 4 * limit
+    assert query(path, "SELECT count(*) FROM records") == [(24000,)]
+
+
+def _write_and_watch_wal(path: Path, limit: int) -> int:
+    """Write 60 batches to the store at ``path``; return the largest WAL size seen after one."""
+    wal = path.with_name(path.name + "-wal")
+
+    async def write() -> int:
+        largest = 0
+        store = SqliteStore(path, timeout=5.0, wal_checkpoint_bytes=limit)
+        try:
+            for _ in range(60):
+                await store.put_many([PutRequest(record()) for _ in range(200)])
+                largest = max(largest, wal.stat().st_size if wal.exists() else 0)
+        finally:
+            await store.close()
+        return largest
+
+    return asyncio.run(write())
