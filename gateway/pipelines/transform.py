@@ -79,26 +79,45 @@ def transform_partition(
     batch: list[ParsedRow] = []
     pending_values = 0
     values_per_row = max(len(plan.rules), 1)
-    for row in rows:
-        result.stats.rows += 1
-        result.stats.bytes_in += len(row.raw)
-        batch.append(row)
-        pending_values += values_per_row
-        if pending_values >= plan.batch_size:
-            _Batch(plan, adapter).run(batch, tokenizer, result)
-            batch, pending_values = [], 0
-    if batch:
-        _Batch(plan, adapter).run(batch, tokenizer, result)
+    # One batch waits for its tokens while the next one is planned, so the store works on one
+    # batch while this thread works on the other.
+    in_flight: _Batch | None = None
+    try:
+        for row in rows:
+            result.stats.rows += 1
+            result.stats.bytes_in += len(row.raw)
+            batch.append(row)
+            pending_values += values_per_row
+            if pending_values >= plan.batch_size:
+                submitted = _Batch(plan, adapter, tokenizer, batch)
+                if in_flight is not None:
+                    in_flight.finish(result)
+                in_flight = submitted
+                batch, pending_values = [], 0
+        if batch:
+            submitted = _Batch(plan, adapter, tokenizer, batch)
+            if in_flight is not None:
+                in_flight.finish(result)
+            in_flight = submitted
+        if in_flight is not None:
+            in_flight.finish(result)
+    except BaseException:
+        tokenizer.cancel_pending()
+        raise
     result.stats.rejected = len(result.rejects)
     return result
 
 
 class _Batch:
-    """One vault round trip's worth of rows: plan every change, call the vault, apply."""
+    """One vault round trip's worth of rows. Creating it plans every change and submits the
+    values to tokenize; ``finish`` reveals, collects the tokens and applies the changes."""
 
-    def __init__(self, plan: Plan, adapter: RecordAdapter) -> None:
+    def __init__(
+        self, plan: Plan, adapter: RecordAdapter, tokenizer: Tokenizer, rows: list[ParsedRow]
+    ) -> None:
         self.plan = plan
         self.adapter = adapter
+        self.tokenizer = tokenizer
         indexes = range(len(plan.rules))
         self.reveals = [plan.reveals(index) for index in indexes]
         self.is_column = [isinstance(rule, ColumnRule) for rule in plan.rules]
@@ -108,25 +127,29 @@ class _Batch:
         self.tokens: dict[str, int] = {}
         """Each token to reveal, by request index."""
 
-    def run(self, batch: list[ParsedRow], tokenizer: Tokenizer, result: PartitionResult) -> None:
-        planned: list[tuple[ParsedRow, Any, list[Slot], list[_Change]]] = []
-        for row in batch:
+        self.rejects: list[Reject] = []
+        """Rows that could not be parsed or split into slots."""
+        self.planned: list[tuple[ParsedRow, Any, list[Slot], list[_Change]]] = []
+        for row in rows:
             if row.problem is not None:
-                result.rejects.append(Reject(row.number, row.problem, row.raw))
+                self.rejects.append(Reject(row.number, row.problem, row.raw))
                 continue
             try:
                 handle, slots = self.adapter.slots(row.record)
             except ValueError as exc:
-                result.rejects.append(Reject(row.number, str(exc), row.raw))
+                self.rejects.append(Reject(row.number, str(exc), row.raw))
                 continue
-            planned.append((row, handle, slots, self._plan(slots)))
+            self.planned.append((row, handle, slots, self._plan(slots)))
+        self.pending = tokenizer.submit(self._items()) if self.requests else None
 
-        tokenized = tokenizer.tokenize(self._items()) if self.requests else []
-        revealed = tokenizer.detokenize(list(self.tokens)) if self.tokens else []
+    def finish(self, result: PartitionResult) -> None:
+        result.rejects.extend(self.rejects)
+        revealed = self.tokenizer.detokenize(list(self.tokens)) if self.tokens else []
+        tokenized = self.pending.result() if self.pending is not None else []
 
         counts: dict[tuple[str, str], int] = {}
         detections: dict[str, int] = {}
-        for row, handle, slots, changes in planned:
+        for row, handle, slots, changes in self.planned:
             outcome = self._apply(row, slots, changes, tokenized, revealed, counts, detections)
             if isinstance(outcome, Reject):
                 result.rejects.append(outcome)

@@ -68,3 +68,58 @@ def test_cache_forgets_oldest_when_full(
     assert tokenizer.store_items == 7
     assert tokenizer.tokenize([items[5]]) == [tokens[5]]
     assert tokenizer.store_items == 7
+
+
+def test_item_in_flight_is_tokenized_once(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    loop, store = loop_and_store
+    tokenizer = VaultTokenizer(Vault(store, make_key_ring()), loop)
+    # Not deterministic: only the tokenizer can give both batches the same token.
+    shared = TokenizeItem("Alice", class_name="person.name")
+    other = TokenizeItem("Bob", class_name="person.name")
+
+    first = tokenizer.submit([shared])
+    second = tokenizer.submit([other, shared])
+    second_tokens = second.result()
+    first_tokens = first.result()
+
+    assert second_tokens[1] == first_tokens[0]
+    assert second_tokens[0] != first_tokens[0]
+    assert tokenizer.store_items == 2
+
+
+def test_results_collect_in_submit_order(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    loop, store = loop_and_store
+    vault = Vault(store, make_key_ring())
+    tokenizer = VaultTokenizer(vault, loop)
+    batches = [
+        tokenizer.submit([TokenizeItem(f"value {batch} {index}") for index in range(50)])
+        for batch in range(3)
+    ]
+
+    tokens = [token for batch in batches for token in batch.result()]
+
+    revealed = loop.run_until_complete(vault.detokenize_many([str(token) for token in tokens]))
+    values = [getattr(item, "value", None) for item in revealed]
+    assert values == [f"value {batch} {index}" for batch in range(3) for index in range(50)]
+
+
+def test_cancel_pending_ends_every_batch(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    loop, store = loop_and_store
+    tokenizer = VaultTokenizer(Vault(store, make_key_ring()), loop)
+    item = TokenizeItem("Alice", class_name="person.name")
+    tokenizer.submit([item])
+    tokenizer.submit([TokenizeItem("Bob")])
+
+    tokenizer.cancel_pending()
+
+    assert [task for task in asyncio.all_tasks(loop) if not task.done()] == []
+    # The cancelled item is neither cached nor in flight, so it goes to the store again.
+    [token] = tokenizer.tokenize([item])
+    assert isinstance(token, str)
+    assert tokenizer.store_items == 3
