@@ -4,8 +4,13 @@ The supervisor binds each listener before it forks, and every worker accepts on 
 socket. This is more robust on Linux than each worker binding its own socket with
 ``SO_REUSEPORT``. A port in use is reported once, before any worker starts, and port 0 resolves
 to one port for all workers. Connections that wait in the accept queue survive a worker's death,
-because the queue belongs to the socket, which the supervisor keeps open. The kernel does not
-balance connections between the workers: whichever worker accepts first gets the connection.
+because the queue belongs to the socket, which the supervisor keeps open.
+
+NOTE: the kernel does not balance connections between the workers. Whichever worker wakes first
+accepts every connection waiting, so a burst of keep-alive connections can stay uneven: in the
+benchmark, one of two workers served two thirds of 32 connections' requests. Per-worker
+``SO_REUSEPORT`` sockets would spread connections by hash, but a dead worker's queue would then
+wait for its replacement.
 """
 
 from __future__ import annotations

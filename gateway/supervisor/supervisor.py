@@ -61,6 +61,8 @@ class WorkerProcess:
 
 
 class Supervisor:
+    """The workers of one ``vaultgate run --workers N`` and the signals that steer them."""
+
     def __init__(self, config: Config, sockets: ListenerSockets, count: int) -> None:
         self.config = config
         self.sockets = sockets
@@ -195,7 +197,8 @@ class Supervisor:
         self.config = dataclasses.replace(config, listen=running)
 
     def _read_ready(self, worker: WorkerProcess) -> None:
-        assert worker.ready_fd is not None
+        if worker.ready_fd is None:
+            return  # Reaped earlier in the same poll, which closed the pipe.
         data = os.read(worker.ready_fd, 1)
         self._close_ready_fd(worker)
         if data != READY:

@@ -55,17 +55,17 @@ def write_config(directory: Path, store_url: str, *, workers: str = "1") -> Path
     return path
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
+def wait_for(condition: Callable[[], bool], description: str) -> None:
     """Poll ``condition`` until it holds; fail the test as hung after ``WAIT_SECONDS``."""
     deadline = time.monotonic() + WAIT_SECONDS
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT_SECONDS} s waiting for {what}")
+            pytest.fail(f"timed out after {WAIT_SECONDS} s waiting for {description}")
         time.sleep(0.05)
 
 
 def is_running(pid: int) -> bool:
-    """Whether ``pid`` is a live process; a zombie that nobody reaped yet counts as ended."""
+    """Whether ``pid`` is a live process; an unreaped zombie counts as ended."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:

@@ -35,20 +35,20 @@ def test_admin_off_binds_reverse_only() -> None:
 
 
 def test_port_in_use_names_address() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with socket.socket() as occupied_socket:
+        occupied_socket.bind(("127.0.0.1", 0))
+        occupied_socket.listen()
+        port = occupied_socket.getsockname()[1]
 
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             bind_address(Address("127.0.0.1", port))
 
 
 def test_admin_failure_closes_reverse() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with socket.socket() as occupied_socket:
+        occupied_socket.bind(("127.0.0.1", 0))
+        occupied_socket.listen()
+        port = occupied_socket.getsockname()[1]
         free = bind_address(Address("127.0.0.1", 0))
         free_port = bound_address(free).port
         for sock in free:

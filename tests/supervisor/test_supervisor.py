@@ -31,8 +31,8 @@ from tests.test_cli import vaultgate
 
 MAX_REQUESTS = 200
 """Requests a test sends at most to reach a particular worker. The kernel hands each new
-connection to whichever worker accepts first, so each try reaches a given worker of two with a
-fair chance, and 200 tries all missing it would point to a fault."""
+connection to whichever idle worker accepts first, which was either of two about equally often
+in trial runs, so 200 tries that all miss one worker point to a fault."""
 CARDS = [f"40000566556655{number:02d}" for number in range(100)]
 
 
@@ -197,16 +197,16 @@ def test_workers_from_config_with_variable(tmp_path: Path) -> None:
 
 def test_port_in_use_fails_before_workers(tmp_path: Path) -> None:
     config = write_config(tmp_path / "gw", f"sqlite:///{tmp_path / 'tokens.db'}")
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
+    occupied_socket = socket.socket()
+    occupied_socket.bind(("127.0.0.1", 0))
+    occupied_socket.listen()
+    port = occupied_socket.getsockname()[1]
     config.write_text(config.read_text().replace("admin: 127.0.0.1:", f"admin: 127.0.0.1:{port} #"))
     try:
         gateway = GatewayProcess(config, "supervisor-port", "--workers", "2")
         status = gateway.wait()
     finally:
-        taken.close()
+        occupied_socket.close()
 
     assert status == 1
     log = gateway.log()
@@ -217,7 +217,7 @@ def test_port_in_use_fails_before_workers(tmp_path: Path) -> None:
 def test_worker_start_failure_stops_the_others(tmp_path: Path) -> None:
     directory = tmp_path / "gw"
     config = write_config(directory, f"sqlite:///{tmp_path / 'tokens.db'}")
-    # Another writer holds worker 2's audit file, so worker 2 fails after worker 1 is ready.
+    # Another writer locks worker 2's audit file, so worker 2 fails after worker 1 is ready.
     holder = (directory / "audit.worker-2.jsonl").open("ab")
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
