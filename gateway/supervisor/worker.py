@@ -66,13 +66,11 @@ def run_worker(
             )
         )
     except (KeyMaterialError, StoreUnavailableError, AuditUnavailableError, ConfigError) as error:
-        logger.error("worker %d not started: %s", index, error)
+        logger.error("not started: %s", error)
         return 1
     except OSError as error:
         logger.error(
-            "worker %d not started: cannot listen: %s; stop the other process or change "
-            "listen.forward",
-            index,
+            "not started: cannot listen: %s; stop the other process or change listen.forward",
             error,
         )
         return 1

@@ -27,7 +27,7 @@ from tests.supervisor.harness import (
     wait_for,
     write_config,
 )
-from tests.test_cli import vaultgate
+from tests.test_cli import free_port, vaultgate
 
 MAX_REQUESTS = 200
 """Requests a test sends at most to reach a particular worker. The kernel hands each new
@@ -143,15 +143,16 @@ def test_killed_worker_is_replaced(two_workers: GatewayProcess, tmp_path: Path) 
 
 
 def test_sigterm_stops_every_worker(two_workers: GatewayProcess) -> None:
-    workers = two_workers.worker_pids()
+    workers = {index: two_workers.worker_pid(index) for index in (1, 2)}
+    assert sorted(workers.values()) == two_workers.worker_pids()
 
     assert two_workers.stop() == 0
 
-    assert not [pid for pid in workers if is_running(pid)]
+    assert not [pid for pid in workers.values() if is_running(pid)]
     assert connection_refused(two_workers.admin_port)
     assert connection_refused(two_workers.reverse_port)
     log = two_workers.log()
-    for index, pid in enumerate(workers, start=1):
+    for index, pid in workers.items():
         assert f"worker {index} (pid {pid}) exited with status 0" in log
         assert f"[worker {index}] stopped" in log
 
@@ -235,3 +236,61 @@ def test_worker_start_failure_stops_the_others(tmp_path: Path) -> None:
     assert "exited with status 1 before it was ready" in log
     assert not is_running(first)
     assert not is_running(gateway.worker_pid(2))
+
+
+def test_replacement_backs_off_until_fixed(two_workers: GatewayProcess, tmp_path: Path) -> None:
+    key_file = tmp_path / "gw" / "keys.yaml"
+    key_text = key_file.read_text()
+    killed = two_workers.worker_pid(1)
+    # Replacements read the key file at start, so a broken one makes each of them fail.
+    key_file.write_text("format: [")
+
+    os.kill(killed, signal.SIGKILL)
+    two_workers.wait_for_log("starting a replacement in 0.5 s (death 1 in a row)")
+    two_workers.wait_for_log("starting a replacement in 1.0 s (death 2 in a row)")
+    two_workers.wait_for_log("starting a replacement in 2.0 s (death 3 in a row)")
+    key_file.write_text(key_text)
+    wait_for(lambda: two_workers.worker_pid(1) in two_workers.worker_pids(), "a live worker 1")
+    two_workers.wait_for_log(f"[worker 1] ready, pid {two_workers.worker_pid(1)}")
+
+    assert len(two_workers.worker_pids()) == 2
+    assert "[worker 1] not started: " in two_workers.log()
+    assert two_workers.stop() == 0
+
+
+def test_invalid_config_starts_no_worker(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "gw", "mysql://nowhere")
+
+    gateway = GatewayProcess(config, "supervisor-invalid", "--workers", "2")
+
+    assert gateway.wait() == 1
+    log = gateway.log()
+    assert "not a supported store" in log
+    assert "not started" in log
+    assert "started worker" not in log
+
+
+def test_forward_listener_only_in_worker_one(tmp_path: Path) -> None:
+    directory = tmp_path / "gw"
+    config = write_config(directory, f"sqlite:///{tmp_path / 'tokens.db'}")
+    forward_port = free_port()
+    config.write_text(
+        config.read_text().replace(
+            "  workers: 1\n", f"  workers: 1\n  forward: 127.0.0.1:{forward_port}\n"
+        )
+        + f"forward: {{ca_dir: {directory / 'ca'}}}\n"
+    )
+    gateway = GatewayProcess(config, "supervisor-forward", "--workers", "2")
+    try:
+        gateway.wait_ready(2)
+        gateway.wait_for_log(
+            f"[worker 1] forward proxy listening on http://127.0.0.1:{forward_port}"
+        )
+        # Worker 2 logs its listeners before the line that reports it ready.
+        gateway.wait_for_log(f"[worker 2] ready, pid {gateway.worker_pid(2)}")
+        assert "[worker 2] forward proxy listening" not in gateway.log()
+        with socket.create_connection(("127.0.0.1", forward_port), timeout=5):
+            pass
+        assert gateway.stop() == 0
+    finally:
+        gateway.kill()
