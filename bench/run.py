@@ -108,10 +108,11 @@ def _start_mitmproxy(
     return RunningPeer(mitmproxy.url, mitmproxy)
 
 
-def _redis_starter(appendfsync: str) -> Starter:
+def _redis_starter(appendfsync: str, workers: int = 1) -> Starter:
     def start(workdir: Path, upstream: ServerProcess, options: argparse.Namespace) -> RunningPeer:
-        name = f"vaultgate-redis-{appendfsync}"
-        redis = start_redis(workdir, f"redis-{appendfsync}", appendfsync)
+        suffix = f"-{workers}w" if workers > 1 else ""
+        name = f"vaultgate-redis-{appendfsync}{suffix}"
+        redis = start_redis(workdir, f"redis-{appendfsync}{suffix}", appendfsync)
         try:
             gateway = start_vaultgate(
                 workdir,
@@ -120,6 +121,7 @@ def _redis_starter(appendfsync: str) -> Starter:
                 upstream.url,
                 source_dir=options.source_dir,
                 access_log=options.access_log,
+                workers=workers,
             )
         except BaseException:
             redis.stop()
@@ -129,19 +131,22 @@ def _redis_starter(appendfsync: str) -> Starter:
     return start
 
 
-def _start_vaultgate_sqlite(
-    workdir: Path, upstream: ServerProcess, options: argparse.Namespace
-) -> RunningPeer:
-    database = workdir / "vaultgate-sqlite" / "tokens.db"
-    gateway = start_vaultgate(
-        workdir,
-        "vaultgate-sqlite",
-        f"sqlite:///{database}",
-        upstream.url,
-        source_dir=options.source_dir,
-        access_log=options.access_log,
-    )
-    return RunningPeer(gateway.url, gateway)
+def _sqlite_starter(workers: int = 1) -> Starter:
+    def start(workdir: Path, upstream: ServerProcess, options: argparse.Namespace) -> RunningPeer:
+        name = "vaultgate-sqlite" + (f"-{workers}w" if workers > 1 else "")
+        database = workdir / name / "tokens.db"
+        gateway = start_vaultgate(
+            workdir,
+            name,
+            f"sqlite:///{database}",
+            upstream.url,
+            source_dir=options.source_dir,
+            access_log=options.access_log,
+            workers=workers,
+        )
+        return RunningPeer(gateway.url, gateway)
+
+    return start
 
 
 PEERS = {
@@ -164,8 +169,17 @@ PEERS = {
             "vaultgate-sqlite",
             "vaultgate, SQLite",
             True,
-            _start_vaultgate_sqlite,
+            _sqlite_starter(),
             repeat_run=True,
+        ),
+        PeerSpec(
+            "vaultgate-redis-everysec-2w",
+            "vaultgate --workers 2, Redis everysec",
+            True,
+            _redis_starter("everysec", workers=2),
+        ),
+        PeerSpec(
+            "vaultgate-sqlite-2w", "vaultgate --workers 2, SQLite", True, _sqlite_starter(workers=2)
         ),
     )
 }

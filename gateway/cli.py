@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from gateway.logs import configure_logging
 from gateway.pipelines import cli as pipeline_cli
 from gateway.proxy import ca_cli
 from gateway.server import serve
+from gateway.supervisor.supervisor import run_workers
 from gateway.tokens.keys import generate_key_file_text
 from gateway.tokens.keys_cli import register as register_key_rotation_commands
 
@@ -56,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(default_config),
         help="configuration file (default: $VAULTGATE_CONFIG or config.yaml)",
     )
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        help="gateway processes that share the listeners (default: listen.workers, which "
+        "defaults to 1)",
+    )
     run.set_defaults(command_function=_run)
 
     check = commands.add_parser("check", help="validate the configuration and route files")
@@ -82,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     ca_cli.register(commands)
     pipeline_cli.register(commands)
     return parser
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {count}")
+    return count
 
 
 def _print_config_error(error: ConfigError) -> None:
@@ -129,6 +147,13 @@ def _run(arguments: argparse.Namespace) -> int:
         _print_config_error(error)
         print("vaultgate: not started; fix the problems above", file=sys.stderr)
         return 1
+    if arguments.workers is not None:
+        config = dataclasses.replace(
+            config, listen=dataclasses.replace(config.listen, workers=arguments.workers)
+        )
+    if config.listen.workers > 1:
+        return run_workers(config, config.listen.workers)
+
     configure_logging(config.logging)
     try:
         asyncio.run(serve(config))

@@ -17,6 +17,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
+    """The metrics of one gateway process; each worker of ``listen.workers`` has its own."""
+
     def __init__(self) -> None:
         # A registry per gateway, so that several gateways in one process (tests) do not mix.
         self.registry = CollectorRegistry()

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -31,6 +33,7 @@ from gateway.proxy.reverse import ReverseProxy
 from gateway.proxy.upstream import UpstreamClient
 from gateway.store import open_store
 from gateway.store.base import TokenStore
+from gateway.supervisor.sockets import ListenerSockets, bound_address
 from gateway.tokens.keys import load_key_ring
 from gateway.tokens.vault import Vault
 
@@ -52,10 +55,25 @@ class Gateway:
     admin_address: Address | None = None
     proxy: ReverseProxy | None = None
     forward: ForwardProxy | None = None
+    sockets: ListenerSockets | None = None
+    """Listeners bound by a supervisor; None when the gateway binds its own."""
+    serve_forward: bool = True
+    """Whether this gateway runs the forward listener, if ``config.listen.forward`` is set."""
 
     @classmethod
-    async def start(cls, config: Config) -> Gateway:
-        """Start everything, or raise after closing what was already started."""
+    async def start(
+        cls,
+        config: Config,
+        *,
+        sockets: ListenerSockets | None = None,
+        serve_forward: bool = True,
+    ) -> Gateway:
+        """Start everything, or raise after closing what was already started.
+
+        With ``sockets`` the reverse and admin listeners accept on those bound sockets, which
+        gateway workers share, instead of binding ``config.listen``. ``serve_forward`` off
+        leaves the forward listener to another worker.
+        """
         async with contextlib.AsyncExitStack() as cleanup:
             base_dir = config.source.parent
             key_ring = load_key_ring(config.keys, base_dir=base_dir)
@@ -86,6 +104,8 @@ class Gateway:
 
             metrics = Metrics()
             gateway = cls(config, store, vault, upstream, metrics, audit_log)
+            gateway.sockets = sockets
+            gateway.serve_forward = serve_forward
             enforcer = Enforcer(vault, config.policy, gateway._audit_sink(), config.limits)
             cleanup.push_async_callback(gateway._stop_listeners)
             await gateway._start_listeners(enforcer, functions)
@@ -116,7 +136,11 @@ class Gateway:
         # auto_decompress off: the route engine decodes bodies itself, with an output cap, and
         # an unrouted body must reach the upstream byte for byte with its Content-Encoding.
         server = GatewayServer(proxy.handle, access_log=None, auto_decompress=False)
-        self.reverse_address = await self._listen(web.ServerRunner(server), config.listen.reverse)
+        self.reverse_address = await self._listen(
+            web.ServerRunner(server),
+            config.listen.reverse,
+            self.sockets.reverse if self.sockets is not None else (),
+        )
 
         if config.listen.admin is not None:
             api = create_api_app(
@@ -127,19 +151,28 @@ class Gateway:
                 config.limits,
             )
             self.admin_address = await self._listen(
-                web.AppRunner(api, access_log=None), config.listen.admin
+                web.AppRunner(api, access_log=None),
+                config.listen.admin,
+                self.sockets.admin if self.sockets is not None else (),
             )
 
-        if config.listen.forward is not None:
+        if config.listen.forward is not None and self.serve_forward:
             own = [self.reverse_address, *filter(None, [self.admin_address])]
             own.extend(filter(None, [store_endpoint(config.store.url)]))
             self.forward = await ForwardProxy.start(
                 config, enforcer, self.upstream, own, metrics=self.metrics
             )
 
-    async def _listen(self, runner: web.BaseRunner, address: Address) -> Address:
+    async def _listen(
+        self, runner: web.BaseRunner, address: Address, sockets: tuple[socket.socket, ...]
+    ) -> Address:
+        """Accept on ``sockets`` when given, or bind ``address``; return the bound address."""
         await runner.setup()
         self.runners.append(runner)
+        if sockets:
+            for sock in sockets:
+                await web.SockSite(runner, sock).start()
+            return bound_address(sockets)
         site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
         await site.start()
         host, port = runner.addresses[0][0], runner.addresses[0][1]
@@ -228,15 +261,27 @@ def reload_key_ring(config: Config, vault: Vault) -> bool:
     return True
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully; reload keys and routes on SIGHUP."""
-    gateway = await Gateway.start(config)
+async def serve(
+    config: Config,
+    *,
+    sockets: ListenerSockets | None = None,
+    serve_forward: bool = True,
+    on_ready: Callable[[Gateway], None] | None = None,
+) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully; reload keys and routes on SIGHUP.
+
+    ``sockets`` and ``serve_forward`` are passed to ``Gateway.start``. ``on_ready`` is called
+    once the gateway accepts connections and its signal handlers are in place.
+    """
+    gateway = await Gateway.start(config, sockets=sockets, serve_forward=serve_forward)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     reloads = _reload_on_sighup(loop, gateway)
     try:
+        if on_ready is not None:
+            on_ready(gateway)
         await stop.wait()
     finally:
         for task in list(reloads):

@@ -260,6 +260,9 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    # NOTE: with listen.workers above 1 this returns the counters of the one worker that
+    # accepted the connection, so successive scrapes can get different workers. Summing the
+    # workers would need prometheus_client's multiprocess mode with a shared directory.
     body = request.app[METRICS_KEY].render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -21,6 +23,8 @@ from typing import Final
 from gateway.config.fields import Section
 
 DEFAULT_FILE: Final = Path("var/audit.jsonl")
+PROCESS_LABELS: Final = ("worker", "pipeline")
+"""The label prefixes of per-process files: ``worker-N`` for gateway workers, ``pipeline-PID``."""
 FSYNC_MODES: Final = ("always", "interval")
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
@@ -59,6 +63,33 @@ class AuditConfig:
 
     An estimate of the memory: 100000 entries of short records took 49 MB in Redis 7.0.
     """
+
+    def for_worker(self, index: int) -> AuditConfig:
+        """Return the settings of gateway worker ``index`` of several that share this config.
+
+        Each worker writes its own chain: ``audit.worker-2.jsonl`` beside ``audit.jsonl`` and
+        stream ``NAME:worker-2``. The name depends on the index, not the process id, so a worker
+        that replaces one that died continues that worker's chain.
+        """
+        label = f"worker-{index}"
+        return dataclasses.replace(
+            self,
+            file=process_file(self.file, label) if self.file is not None else None,
+            redis_stream=f"{self.redis_stream}:{label}" if self.redis_stream else None,
+        )
+
+
+def process_file(path: Path, label: str) -> Path:
+    """Return the audit file of one of several processes: ``audit.LABEL.jsonl`` beside ``path``."""
+    return path.with_name(f"{path.stem}.{label}{path.suffix}")
+
+
+def existing_audit_files(path: Path) -> list[Path]:
+    """Return ``path`` and the gateway worker and pipeline files beside it that exist, sorted."""
+    found = [path] if path.is_file() else []
+    for label in PROCESS_LABELS:
+        found += sorted(path.parent.glob(f"{glob.escape(path.stem)}.{label}-*{path.suffix}"))
+    return found
 
 
 def read_audit(

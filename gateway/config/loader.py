@@ -198,12 +198,13 @@ def parse_address(text: str) -> Address:
 def _listen(section: Section | None) -> ListenConfig:
     if section is None:
         return ListenConfig()
-    section.check_keys(("reverse", "admin", "forward"))
+    section.check_keys(("reverse", "admin", "forward", "workers"))
     defaults = ListenConfig()
     return ListenConfig(
         reverse=_address(section, "reverse", defaults.reverse) or defaults.reverse,
         admin=_address(section, "admin", defaults.admin),
         forward=_address(section, "forward", defaults.forward),
+        workers=section.integer("workers", defaults.workers, minimum=1),
     )
 
 

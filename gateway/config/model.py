@@ -30,6 +30,9 @@ class ListenConfig:
     """The vault API; None turns it off."""
     forward: Address | None = None
     """The forward proxy (HTTPS_PROXY); None, the default when the key is absent, turns it off."""
+    workers: int = 1
+    """Gateway processes that share the reverse and admin listeners. With 1 the gateway runs in
+    the process that ``vaultgate run`` starts; with more, that process supervises them."""
 
 
 class UnlistedHosts(enum.Enum):

@@ -12,10 +12,9 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from gateway.audit.events import AuditEvent, Outcome
-from gateway.config.audit import AuditConfig
+from gateway.config.audit import AuditConfig, process_file
 from gateway.errors import InvalidTokenError
 from gateway.pipelines.spec import Action, ColumnRule, PipelineSpec
 from gateway.policy.masks import render
@@ -91,9 +90,8 @@ class PipelineAccess:
         configured one, because each writer of a file continues its own chain."""
         if self.audit.file is None:
             return self.audit
-        base = self.audit.file
-        file = base.with_name(f"{base.stem}.pipeline-{os.getpid()}{base.suffix}")
-        return dataclasses.replace(self.audit, file=Path(file), redis_stream=None)
+        file = process_file(self.audit.file, f"pipeline-{os.getpid()}")
+        return dataclasses.replace(self.audit, file=file, redis_stream=None)
 
     def reveal(
         self,

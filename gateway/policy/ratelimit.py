@@ -18,8 +18,9 @@ class _Bucket:
 class RateLimiter:
     """Token buckets kept in this process.
 
-    NOTE: each gateway process keeps its own buckets, so a fleet of N gateways allows up to N
-    times a grant's rate. A shared limit would need the buckets in Redis.
+    NOTE: each gateway process keeps its own buckets, and so does each worker of
+    ``listen.workers``, so N gateways or N workers allow up to N times a grant's rate. A
+    shared limit would need the buckets in Redis.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:

@@ -93,3 +93,39 @@ def test_verify_missing_config(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "configuration file" in result.stderr
     assert "not found" in result.stderr
+
+
+def test_verify_without_file_checks_every_worker_file(config: Path) -> None:
+    path, _ = write_audit_file(config, 3)
+    worker_1 = path.rename(config.parent / "audit.worker-1.jsonl")
+    write_audit_file(config, 2)
+    worker_2 = (config.parent / "audit.jsonl").rename(config.parent / "audit.worker-2.jsonl")
+    config.write_text(config.read_text() + "audit: {file: audit.jsonl}\n")
+
+    result = vaultgate("audit", "verify", "-c", str(config))
+
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first.startswith(f"{worker_1}: OK, 3 record(s)")
+    assert second.startswith(f"{worker_2}: OK, 2 record(s)")
+
+
+def test_verify_fails_when_one_file_fails(config: Path) -> None:
+    path, lines = write_audit_file(config, 3)
+    good = path.rename(config.parent / "audit.worker-1.jsonl")
+    bad, _ = write_audit_file(config, 3)
+    write_lines(bad, lines[1:])
+
+    result = vaultgate("audit", "verify", str(good), str(bad), "-c", str(config))
+
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{good}: OK, 3 record(s)")
+    assert f"{bad}:1: sequence gap" in result.stderr
+    assert "vaultgate: 1 of 2 audit files failed" in result.stderr
+
+
+def test_verify_without_file_needs_one(config: Path) -> None:
+    result = vaultgate("audit", "verify", "-c", str(config))
+
+    assert result.returncode == 1
+    assert "no audit file found" in result.stderr

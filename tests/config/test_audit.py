@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.audit import AuditConfig, read_audit
+from gateway.config.audit import AuditConfig, existing_audit_files, read_audit
 from gateway.config.fields import Section
 from gateway.config.yamlsource import load_yaml_text
 from gateway.errors import ConfigProblem
@@ -163,3 +163,41 @@ def test_bad_url_message_omits_password() -> None:
 
     assert problems
     assert all("secret" not in problem for problem in problems)
+
+
+def test_worker_gets_own_file_and_stream() -> None:
+    config = AuditConfig(file=BASE / "audit.jsonl", redis_stream="vaultgate:audit")
+
+    worker = config.for_worker(2)
+
+    assert worker.file == BASE / "audit.worker-2.jsonl"
+    assert worker.redis_stream == "vaultgate:audit:worker-2"
+    assert worker.fsync == config.fsync
+
+
+def test_worker_without_file_keeps_none() -> None:
+    worker = AuditConfig(file=None, redis_stream="audit").for_worker(1)
+
+    assert worker.file is None
+    assert worker.redis_stream == "audit:worker-1"
+
+
+def test_existing_audit_files_lists_process_files(tmp_path: Path) -> None:
+    base = tmp_path / "audit.jsonl"
+    names = [
+        "audit.worker-2.jsonl",
+        "audit.worker-1.jsonl",
+        "audit.pipeline-77.jsonl",
+        "audit.old.jsonl",
+        "other.worker-1.jsonl",
+    ]
+    for name in names:
+        (tmp_path / name).write_text("")
+
+    assert [path.name for path in existing_audit_files(base)] == [
+        "audit.worker-1.jsonl",
+        "audit.worker-2.jsonl",
+        "audit.pipeline-77.jsonl",
+    ]
+    base.write_text("")
+    assert existing_audit_files(base)[0] == base

@@ -118,3 +118,40 @@ def test_two_listeners_on_one_address(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "gw.yaml", environ={})
     assert "listen.reverse and listen.admin are both 127.0.0.1:9000" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("listen", "environ", "workers"),
+    [
+        pytest.param("{reverse: '127.0.0.1:9000'}", {}, 1, id="default"),
+        pytest.param("{workers: 4}", {}, 4, id="number"),
+        pytest.param("{workers: '${WORKERS:-1}'}", {"WORKERS": "3"}, 3, id="variable"),
+        pytest.param("{workers: '${WORKERS:-1}'}", {}, 1, id="variable-default"),
+    ],
+)
+def test_listen_workers_read(
+    tmp_path: Path, listen: str, environ: dict[str, str], workers: int
+) -> None:
+    (tmp_path / "gw.yaml").write_text(f"listen: {listen}\nroutes: []\n")
+    config = load_config(tmp_path / "gw.yaml", environ=environ)
+    assert config.listen.workers == workers
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("0", "listen.workers must be at least 1", id="zero"),
+        pytest.param("two", "listen.workers must be a whole number", id="word"),
+    ],
+)
+def test_listen_workers_rejects(tmp_path: Path, value: str, message: str) -> None:
+    (tmp_path / "gw.yaml").write_text(f"listen: {{workers: {value}}}\nroutes: []\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "gw.yaml", environ={})
+    assert message in str(caught.value)
+
+
+def test_example_config_reads_workers_variable() -> None:
+    config = load_config(ROOT / "config.example.yaml", environ={"VAULTGATE_WORKERS": "2"})
+    assert config.listen.workers == 2
+    assert load_config(ROOT / "config.example.yaml", environ={}).listen.workers == 1
