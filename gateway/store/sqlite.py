@@ -51,6 +51,7 @@ WAL_CHECK_BACKOFF_AFTER: Final = 0.5
 CACHE_KIB: Final = 64 * 1024
 """Page cache of the writer connection. Random lookup keys spread inserts over the whole B-tree,
 so a cache smaller than the hot part of the database turns most inserts into page reads."""
+SET_UP_RETRY_SECONDS: Final = 0.02
 MAX_PARAMETERS: Final = 500
 """Lookup keys per ``IN (...)`` list, well below SQLite's limit on host parameters."""
 
@@ -148,9 +149,8 @@ class SqliteStore(TokenStore):
             raise StoreUnavailableError(
                 f"cannot create SQLite store {self.path}: {exc.strerror or exc}"
             ) from exc
-        with self._mapped_errors("opening"), contextlib.closing(self._connect()) as connection:
-            journal_mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            create_schema(connection)
+        with self._mapped_errors("opening"):
+            journal_mode = self._set_up_file()
         if journal_mode != "wal":
             logger.warning(
                 "SQLite store %s uses journal mode %s because WAL is not available there; "
@@ -158,6 +158,29 @@ class SqliteStore(TokenStore):
                 self.path,
                 journal_mode,
             )
+
+    def _set_up_file(self) -> str:
+        """Switch the file to WAL and create its tables; return the journal mode it got.
+
+        Processes that open a new file at the same moment, such as pipeline workers, race for
+        it. A statement that upgrades a read to a write fails with SQLITE_BUSY at once, without
+        the busy timeout, when another connection wrote first, so this retries until the
+        timeout has passed.
+        """
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                with contextlib.closing(self._connect()) as connection:
+                    journal_mode: str = connection.execute("PRAGMA journal_mode = WAL").fetchone()[
+                        0
+                    ]
+                    create_schema(connection)
+                return journal_mode
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(SET_UP_RETRY_SECONDS)
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None leaves transactions to explicit BEGIN and COMMIT statements.

@@ -5,6 +5,7 @@ import contextlib
 import multiprocessing
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -291,28 +292,59 @@ def test_wal_stays_bounded_with_two_writer_processes(tmp_path: Path) -> None:
     limit = 1024 * 1024
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
-        largest = pool.starmap(_write_and_watch_wal, [(path, limit)] * 2)
+        per_process = pool.starmap(_write_and_watch_wal, [(path, limit)] * 2)
+    sizes = sorted(size for process_sizes in per_process for size in process_sizes)
 
-    # One commit of 200 random inserts writes a few hundred pages, so the WAL file may pass the
-    # limit by that much before the next checkpoint truncates it. Without checkpoints it
-    # passes 10 MiB here.
-    assert max(largest) < 4 * limit
+    # The writers race for the write lock, so a checkpoint sometimes loses for a few commits
+    # and the WAL file passes the limit for a while. Without these checkpoints it keeps growing: in
+    # five runs here its median size was 6 to 16 MiB.
+    assert sizes[len(sizes) // 2] < 2 * limit
     assert query(path, "SELECT count(*) FROM records") == [(24000,)]
 
 
-def _write_and_watch_wal(path: Path, limit: int) -> int:
-    """Write 60 batches to the store at ``path``; return the largest WAL size seen after one."""
+def _write_and_watch_wal(path: Path, limit: int) -> list[int]:
+    """Write 60 batches to the store at ``path``; return the WAL file's size after each."""
     wal = path.with_name(path.name + "-wal")
 
-    async def write() -> int:
-        largest = 0
+    async def write() -> list[int]:
+        sizes = []
         store = SqliteStore(path, timeout=5.0, wal_checkpoint_bytes=limit)
         try:
             for _ in range(60):
                 await store.put_many([PutRequest(record()) for _ in range(200)])
-                largest = max(largest, wal.stat().st_size if wal.exists() else 0)
+                sizes.append(wal.stat().st_size if wal.exists() else 0)
+                # A pipeline worker seals its next batch between writes.
+                await asyncio.sleep(0.005)
         finally:
             await store.close()
-        return largest
+        return sizes
 
     return asyncio.run(write())
+
+
+def test_processes_open_new_file_together(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    context = multiprocessing.get_context("spawn")
+    count = 6
+    barrier = context.Barrier(count)
+    processes = [
+        context.Process(target=_open_and_close, args=(path, barrier)) for _ in range(count)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+
+    assert [process.exitcode for process in processes] == [0] * count
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def _open_and_close(path: Path, barrier: threading.Barrier) -> None:
+    """Open the store at ``path`` at the moment every other process does, then close it."""
+
+    async def open_and_close() -> None:
+        barrier.wait()
+        store = SqliteStore(path, timeout=5.0)
+        await store.close()
+
+    asyncio.run(open_and_close())
