@@ -61,8 +61,12 @@ LIMITS = "store_timeout: 500ms\nupstream_timeout: 5s\n"
 
 
 def card_number(index: int) -> str:
-    """Return a distinct 16-digit card number for each index below one million."""
-    return f"4000{index:06d}000000"
+    """Return a distinct 16-digit card number for each index below 10,000.
+
+    The numbers differ in their last four digits, which a card token keeps. A token, whose
+    middle digits are random, can therefore never equal another of these numbers.
+    """
+    return f"400000000000{index:04d}"
 
 
 async def checkout(
