@@ -123,7 +123,14 @@ class AuditFile:
         if size == self._synced_size:
             return
         try:
-            await asyncio.to_thread(os.fsync, descriptor)
+            try:
+                await asyncio.to_thread(os.fsync, descriptor)
+            except RuntimeError:
+                # Thread pools take no new work once interpreter shutdown has begun, which is
+                # when a pipeline's pool worker closes its audit file from a multiprocessing
+                # finalizer. The last fsync then runs on the loop's thread, which nothing else
+                # needs at exit.
+                os.fsync(descriptor)
         except OSError as exc:
             raise self._fsync_failed(exc) from exc
         self._synced_size = max(self._synced_size, size)

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from gateway.audit.events import AuditEvent, Outcome
 from gateway.config.audit import AuditConfig, process_file
 from gateway.errors import InvalidTokenError
-from gateway.pipelines.spec import Action, ColumnRule, PipelineSpec
+from gateway.pipelines.detectors import DETECTOR_CLASSES
+from gateway.pipelines.spec import (
+    LENGTH_PRESERVING_FORMATS,
+    Action,
+    ColumnRule,
+    InputFormat,
+    PipelineSpec,
+    ScanRule,
+)
 from gateway.policy.masks import render
 from gateway.policy.model import PolicyAction, PolicySet, View
 from gateway.tokens.formats import get_format
@@ -24,12 +32,16 @@ from gateway.tokens.vault import Revealed, ValueType
 
 
 def resolve_classes(spec: PipelineSpec, policy: PolicySet) -> tuple[PipelineSpec, list[str]]:
-    """Give every tokenizing column its data class's format, determinism and expiry.
+    """Give every tokenizing column and every scan's detections their data class's format,
+    determinism and expiry.
 
     A column names its class with ``class``, or gets its format's default class, as a route
     operation does, so that a value gets the same token in files as in the gateway's traffic.
-    Returns the resolved spec and the problems: an undefined class, or a setting of the spec
-    that contradicts its class. A configuration without classes leaves the spec as it is.
+    A detection's class is its detector's (``DETECTOR_CLASSES``), and it overrides the scan's
+    own ``formats``, ``deterministic`` and ``ttl``. Returns the resolved spec and the problems:
+    an undefined class, a class format that a fixed-width field cannot hold, or a column
+    setting that contradicts its class. A configuration without classes leaves the spec as it
+    is.
     """
     if not policy.classes:
         return spec, []
@@ -69,7 +81,44 @@ def resolve_classes(spec: PipelineSpec, policy: PolicySet) -> tuple[PipelineSpec
                 ttl=data_class.ttl,
             )
         )
-    return dataclasses.replace(spec, columns=tuple(columns)), problems
+    scans = tuple(_resolve_scan(spec, rule, policy, problems) for rule in spec.scans)
+    return dataclasses.replace(spec, columns=tuple(columns), scans=scans), problems
+
+
+def _resolve_scan(
+    spec: PipelineSpec, rule: ScanRule, policy: PolicySet, problems: list[str]
+) -> ScanRule:
+    """Give each detector of a scan its data class's format, determinism and expiry.
+
+    A detection is stored under its detector's class, so an undefined class would leave
+    tokens that no client may reveal. It is a problem, as it is for a column rule.
+    """
+    formats = dict(rule.formats)
+    class_settings: dict[str, tuple[bool, float | None]] = {}
+    for detector in rule.detectors:
+        class_name = DETECTOR_CLASSES[detector]
+        data_class = policy.classes.get(class_name)
+        if data_class is None:
+            defined = ", ".join(sorted(policy.classes))
+            problems.append(
+                f"{spec.source}: scan of {rule.field} stores {detector} detections in class "
+                f"{class_name!r}, which the configuration does not define (it defines "
+                f"{defined}); define the class, or leave {detector} out of the scan's detectors"
+            )
+            continue
+        if spec.format is InputFormat.FIXED_WIDTH and (
+            data_class.format not in LENGTH_PRESERVING_FORMATS
+        ):
+            problems.append(
+                f"{spec.source}: scan of {rule.field} stores {detector} detections in class "
+                f"{class_name!r}, whose format {data_class.format} does not keep the length "
+                "that a fixed-width field needs; give the class pan, pan_last4, numeric or "
+                "alphanumeric"
+            )
+            continue
+        formats[detector] = data_class.format
+        class_settings[detector] = (data_class.deterministic, data_class.ttl)
+    return dataclasses.replace(rule, formats=formats, class_settings=class_settings)
 
 
 @dataclass(frozen=True, slots=True)

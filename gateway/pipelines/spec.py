@@ -133,6 +133,13 @@ class ScanRule:
     """Token format by detector name, filled in for every detector at load time."""
     deterministic: bool = True
     ttl: float | None = None
+    class_settings: dict[str, tuple[bool, float | None]] = dataclasses.field(default_factory=dict)
+    """Determinism and expiry by detector name, from the detector's data class in the
+    configuration. A detector without an entry uses the rule's ``deterministic`` and ``ttl``."""
+
+    def settings(self, detector: str) -> tuple[bool, float | None]:
+        """Return whether a detection is tokenized deterministically, and its expiry."""
+        return self.class_settings.get(detector, (self.deterministic, self.ttl))
 
 
 @dataclass(frozen=True, slots=True)

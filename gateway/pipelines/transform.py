@@ -203,12 +203,13 @@ class _Batch:
                     )
                 )
             else:
+                deterministic, ttl = rule.settings(kind)
                 items.append(
                     TokenizeItem(
                         value=value,
                         format=rule.formats[kind],
-                        deterministic=rule.deterministic,
-                        ttl=rule.ttl,
+                        deterministic=deterministic,
+                        ttl=ttl,
                         class_name=DETECTOR_CLASSES[kind],
                     )
                 )

@@ -126,11 +126,14 @@ class Supervisor:
 
     def _wait_until(self, condition: Callable[[], bool]) -> bool:
         """Handle events until ``condition`` holds; False when a stop or failure comes first."""
-        while not condition():
+        while True:
+            # A failure counts first: a worker that died is no longer in ``workers``, so
+            # "every worker is ready" can hold because it is gone.
             if self._stopping or self._failed_start is not None:
                 return False
+            if condition():
+                return True
             self._poll(self._next_timeout())
-        return True
 
     def _next_timeout(self) -> float | None:
         if not self._restarts:

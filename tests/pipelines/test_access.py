@@ -13,6 +13,9 @@ import pytest
 
 from gateway.audit.verify import verify_audit_file
 from gateway.config.loader import load_config
+from gateway.pipelines.access import resolve_classes
+from gateway.pipelines.spec import PipelineSpec
+from gateway.pipelines.specfile import load_spec
 from gateway.tokens.keys import load_key_ring
 from tests.logcapture import remember_sensitive
 from tests.pipelines.conftest import ROOT
@@ -226,3 +229,84 @@ def test_class_settings_apply_to_the_column(tokenized: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert ssn_column(tokenized / "again.csv") == ssn_column(tokenized / "clean.csv")
+
+
+def resolved_scan(
+    config_text: str, spec_text: str, directory: Path
+) -> tuple[PipelineSpec, list[str]]:
+    (directory / "gateway.yaml").write_text(config_text)
+    (directory / "spec.yaml").write_text(spec_text)
+    config = load_config(directory / "gateway.yaml", environ={})
+    return resolve_classes(load_spec(directory / "spec.yaml"), config.policy)
+
+
+def test_scan_detector_class_must_be_defined(tmp_path: Path) -> None:
+    spec_text = "format: csv\nscan:\n  - {column: NOTES, detectors: [ssn, email]}\n"
+
+    _, problems = resolved_scan(CONFIG, spec_text, tmp_path)
+
+    assert len(problems) == 1
+    assert "email detections in class 'contact.email'" in problems[0]
+    assert "does not define" in problems[0]
+
+
+def test_scan_detections_take_class_settings(tmp_path: Path) -> None:
+    spec_text = (
+        "format: csv\nscan:\n"
+        "  - {column: NOTES, detectors: [ssn], deterministic: false, ttl: 1h,"
+        " formats: {ssn: alphanumeric}}\n"
+    )
+
+    spec, problems = resolved_scan(CONFIG, spec_text, tmp_path)
+
+    assert problems == []
+    [scan] = spec.scans
+    assert scan.formats == {"ssn": "uuid"}
+    assert scan.settings("ssn") == (True, None)
+
+
+def test_scan_without_classes_keeps_its_settings(tmp_path: Path) -> None:
+    config_text = CONFIG[: CONFIG.index("clients:")]
+    spec_text = "format: csv\nscan:\n  - {column: NOTES, detectors: [ssn], deterministic: false}\n"
+
+    spec, problems = resolved_scan(config_text, spec_text, tmp_path)
+
+    assert problems == []
+    assert spec.scans[0].settings("ssn") == (False, None)
+
+
+def test_undefined_scan_class_stops_the_run(tokenized: Path) -> None:
+    (tokenized / "scan.yaml").write_text(
+        "format: csv\nscan:\n  - {column: SSN, detectors: [ssn, phone]}\n"
+    )
+
+    result = pipeline(
+        tokenized,
+        str(tokenized / "scan.yaml"),
+        str(tokenized / "plain.csv"),
+        "-o",
+        str(tokenized / "scanned.csv"),
+    )
+
+    assert result.returncode == 1
+    assert "phone detections in class 'contact.phone'" in result.stderr
+    assert not (tokenized / "scanned.csv").exists()
+
+
+def test_two_workers_close_audit_cleanly(tokenized: Path) -> None:
+    result = pipeline(
+        tokenized,
+        str(tokenized / "tokenize.yaml"),
+        str(tokenized / "plain.csv"),
+        "-o",
+        str(tokenized / "two.csv"),
+        "--workers",
+        "2",
+        "--client",
+        "intake",
+        key="intake-key-0123456789",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ssn_column(tokenized / "two.csv") == ssn_column(tokenized / "clean.csv")

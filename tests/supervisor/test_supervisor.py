@@ -238,6 +238,24 @@ def test_worker_start_failure_stops_the_others(tmp_path: Path) -> None:
     assert not is_running(gateway.worker_pid(2))
 
 
+def test_first_worker_failure_starts_no_other(tmp_path: Path) -> None:
+    directory = tmp_path / "gw"
+    config = write_config(directory, f"sqlite:///{tmp_path / 'tokens.db'}")
+    # Another writer locks worker 1's audit file, so worker 1 fails while it starts alone.
+    holder = (directory / "audit.worker-1.jsonl").open("ab")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        gateway = GatewayProcess(config, "supervisor-first-failure", "--workers", "2")
+        status = gateway.wait()
+    finally:
+        holder.close()
+
+    assert status == 1
+    log = gateway.log()
+    assert "not started: worker 1 (pid" in log
+    assert "worker 2" not in log
+
+
 def test_replacement_backs_off_until_fixed(two_workers: GatewayProcess, tmp_path: Path) -> None:
     key_file = tmp_path / "gw" / "keys.yaml"
     key_text = key_file.read_text()
