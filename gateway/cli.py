@@ -26,7 +26,7 @@ from gateway.pipelines import cli as pipeline_cli
 from gateway.proxy import ca_cli
 from gateway.server import serve
 from gateway.supervisor.supervisor import run_workers
-from gateway.tokens.keys import generate_key_file_text
+from gateway.tokens.keys import generate_key_file_text, load_key_ring
 from gateway.tokens.keys_cli import register as register_key_rotation_commands
 
 logger = logging.getLogger("gateway.server")
@@ -127,6 +127,14 @@ def _check(arguments: argparse.Namespace) -> int:
     except ConfigError as error:
         _print_config_error(error)
         return 1
+    if not config.keys.development:
+        # Outside development the gateway refuses to start without a valid key. In
+        # development it generates a missing one, so there is nothing to check yet.
+        try:
+            load_key_ring(config.keys, base_dir=config.source.parent, generate_missing=False)
+        except KeyMaterialError as error:
+            print(f"vaultgate: {error}", file=sys.stderr)
+            return 1
     routes = sum(len(connection.routes) for connection in config.connections)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -55,6 +55,22 @@ def test_check_accepts_example_config() -> None:
     assert "class 'pii.email' is revealed to no connection" in result.stderr
 
 
+def test_check_requires_key_outside_development(tmp_path: Path) -> None:
+    environment = {
+        "VAULTGATE_DEVELOPMENT": "false",
+        "VAULTGATE_KEY_FILE": str(tmp_path / "missing-keys.yaml"),
+        "VAULTGATE_BACKEND_KEY": "backend-" + "k" * 40,
+        "VAULTGATE_SUPPORT_KEY": "support-" + "k" * 40,
+    }
+
+    result = vaultgate("check", "-c", "config.example.yaml", env=environment)
+
+    assert result.returncode == 1
+    assert "no master key found" in result.stderr
+    assert "OK," not in result.stdout
+    assert not (tmp_path / "missing-keys.yaml").exists()
+
+
 def test_check_lists_every_problem_with_line(tmp_path: Path) -> None:
     (tmp_path / "routes").mkdir()
     (tmp_path / "routes/bad.yaml").write_text(
