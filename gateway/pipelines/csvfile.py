@@ -96,19 +96,12 @@ class CsvFormat(FileFormat):
 
     def partitions(self, stream: BinaryIO, size: int = PARTITION_BYTES) -> Iterator[bytes]:
         quote = self.options.quotechar.encode(self.options.encoding)
-        pending = self.pending
 
         def outside_quotes(data: bytes, end: int) -> bool:
             return data.count(quote, 0, end) % 2 == 0
 
-        first = True
-        for block in split_records(stream, self.name, outside_quotes, size):
-            if first and pending:
-                block = pending + block
-            first = False
-            yield block
-        if first and pending:
-            yield pending
+        # The bytes read while looking for a BOM may contain a quote, which shifts every boundary.
+        return split_records(stream, self.name, outside_quotes, size, prefix=self.pending)
 
     def parse(self, partition: bytes) -> Iterator[ParsedRow]:
         lines = _LineSource(partition, self.options.encoding)
