@@ -44,10 +44,18 @@ pages back but start the WAL file over only when no connection reads an older sn
 while one runs, another process's checkpoint fails at once. With two processes writing all the
 time, such as pipeline workers, the WAL file grew to over ten times the database.
 """
+WAL_CHECKPOINT_BUSY_SECONDS: Final = 0.1
+"""Maximum time the truncating checkpoint waits for other connections, in place of the store's
+busy timeout.
+
+The checkpoint holds the write lock while it waits for readers to leave the WAL file. With the
+busy timeout, a read transaction kept open elsewhere made it hold the lock until other writers
+timed out, and their calls failed with ``StoreUnavailableError``.
+"""
 WAL_CHECK_BACKOFF_COMMITS: Final = 8
 """Commits to wait before checking the WAL file again after a checkpoint that waited for
 ``WAL_CHECK_BACKOFF_AFTER`` seconds or more and still did not finish."""
-WAL_CHECK_BACKOFF_AFTER: Final = 0.5
+WAL_CHECK_BACKOFF_AFTER: Final = WAL_CHECKPOINT_BUSY_SECONDS / 2
 CACHE_KIB: Final = 64 * 1024
 """Page cache of the writer connection. Random lookup keys spread inserts over the whole B-tree,
 so a cache smaller than the hot part of the database turns most inserts into page reads."""
@@ -360,9 +368,10 @@ class SqliteStore(TokenStore):
     def _limit_wal(self) -> None:
         """Checkpoint and truncate the WAL file once it is larger than the configured size.
 
-        The checkpoint waits up to the busy timeout for other connections' transactions, but
-        fails at once while another connection runs a checkpoint. After a failure that waited,
-        the next attempt comes a few commits later; after one that did not, at the next commit.
+        The checkpoint waits up to ``WAL_CHECKPOINT_BUSY_SECONDS`` for other connections'
+        transactions, but fails at once while another connection runs a checkpoint. After a
+        failure that waited, the next attempt comes a few commits later; after one that did not,
+        at the next commit.
         """
         if self._wal_checks_skipped < self._wal_checks_to_skip:
             self._wal_checks_skipped += 1
@@ -371,16 +380,25 @@ class SqliteStore(TokenStore):
             size = os.stat(self._wal_path).st_size
         except OSError:
             return
-        if size <= self._wal_checkpoint_bytes or self._writer_connection is None:
+        connection = self._writer_connection
+        if size <= self._wal_checkpoint_bytes or connection is None:
             return
         started = time.monotonic()
         try:
-            busy, _, _ = self._writer_connection.execute(
-                "PRAGMA wal_checkpoint(TRUNCATE)"
-            ).fetchone()
+            connection.execute(
+                f"PRAGMA busy_timeout = {_milliseconds(WAL_CHECKPOINT_BUSY_SECONDS)}"
+            )
+            try:
+                busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {_milliseconds(self._timeout)}")
         except sqlite3.Error as exc:
             busy = 1
             logger.warning("checkpoint of SQLite store %s failed: %s", self.path, exc)
+            # The connection may still have the short busy timeout, so the next group opens
+            # a new one.
+            connection.close()
+            self._writer_connection = None
         waited = time.monotonic() - started >= WAL_CHECK_BACKOFF_AFTER
         self._wal_checks_skipped = 0
         self._wal_checks_to_skip = WAL_CHECK_BACKOFF_COMMITS if busy and waited else 0
@@ -431,6 +449,10 @@ def _map_error(exc: sqlite3.Error, context: str) -> StoreError | StoreUnavailabl
     if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
         return StoreUnavailableError(f"{context}: {exc}")
     return StoreError(f"{context}: {exc}")
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _copy_error(error: StoreError | StoreUnavailableError) -> BaseException:

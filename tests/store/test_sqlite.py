@@ -316,3 +316,34 @@ def _write_and_watch_wal(path: Path, limit: int) -> int:
         return largest
 
     return asyncio.run(write())
+
+
+async def test_long_reader_does_not_fail_writers(tmp_path: Path) -> None:
+    # A read transaction that stays open (a backup, a sqlite3 shell) keeps the truncating
+    # checkpoint waiting, and the checkpoint holds the write lock while it waits. When it waited
+    # for the whole busy timeout, the other store's writes timed out on that lock.
+    path = tmp_path / "tokens.db"
+    first = SqliteStore(path, timeout=2.0, wal_checkpoint_bytes=64 * 1024)
+    second = SqliteStore(path, timeout=2.0, wal_checkpoint_bytes=64 * 1024)
+    await first.put_many([PutRequest(record())])
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM records").fetchone()
+    failures: list[StoreUnavailableError] = []
+
+    async def write(store: SqliteStore) -> None:
+        for _ in range(30):
+            try:
+                await store.put_many([PutRequest(record()) for _ in range(50)])
+            except StoreUnavailableError as error:
+                failures.append(error)
+
+    try:
+        await asyncio.gather(write(first), write(second))
+    finally:
+        reader.close()
+        await first.close()
+        await second.close()
+
+    assert failures == []
+    assert query(path, "SELECT count(*) FROM records") == [(3001,)]
