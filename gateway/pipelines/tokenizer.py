@@ -9,6 +9,7 @@ write however often it appears.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn, Protocol
 
@@ -38,7 +39,9 @@ class VaultTokenizer:
     ``loop`` is the event loop that the vault's store is used on; every vault call runs to
     completion on it. Equal items share one token while they are cached, also when they are not
     deterministic. Each cache evicts its oldest half when it reaches ``max_entries``, so a
-    non-deterministic value seen again after eviction gets a new token.
+    non-deterministic value seen again after eviction gets a new token. A cached token is used
+    only until its ``ttl`` has passed by the vault's clock, and a cached value is revealed only
+    until its token expires. Deterministic tokens with a ``ttl`` are not cached.
     """
 
     def __init__(
@@ -55,24 +58,35 @@ class VaultTokenizer:
         self._access = access
         self._audit = audit
         self._max_entries = max_entries
-        self._tokens: dict[TokenizeItem, str] = {}
+        self._tokens: dict[TokenizeItem, tuple[str, float]] = {}
+        """Token of each item, and the vault time until which it may be used."""
         self._values: dict[str, Revealed] = {}
         self.store_items = 0
         """Items sent to the store so far; the cache keeps this below the items requested."""
 
     def tokenize(self, items: Sequence[TokenizeItem]) -> list[str | InvalidValueError]:
+        now = self._vault.now()
         outcomes: dict[TokenizeItem, str | InvalidValueError | None] = {
-            item: self._tokens.get(item) for item in items
+            item: self._cached_token(item, now) for item in items
         }
         missing = [item for item, token in outcomes.items() if token is None]
         if missing:
             self.store_items += len(missing)
+            # New tokens expire no earlier than ttl seconds after this time.
+            started = self._vault.now()
             results = self._loop.run_until_complete(self._vault.tokenize_many(missing))
             self._make_room(self._tokens, len(missing))
             for item, result in zip(missing, results, strict=True):
                 outcomes[item] = result
-                if not isinstance(result, InvalidValueError):
-                    self._tokens[item] = result
+                if isinstance(result, InvalidValueError):
+                    continue
+                if item.ttl is None:
+                    self._tokens[item] = (result, math.inf)
+                elif not item.deterministic:
+                    self._tokens[item] = (result, started + item.ttl)
+                # NOTE: a deterministic token with a ttl is not cached, because it keeps the
+                # expiry of its first tokenization, which may be much earlier than this call.
+                # Each repeat of such a value costs a store round trip.
         results = [outcomes[item] or _unreachable() for item in items]
         if self._access is not None:
             fingerprints = [
@@ -83,8 +97,9 @@ class VaultTokenizer:
         return results
 
     def detokenize(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
+        now_ms = self._vault.now() * 1000
         outcomes: dict[str, Revealed | InvalidTokenError | None] = {
-            token: self._values.get(token) for token in tokens
+            token: self._cached_value(token, now_ms) for token in tokens
         }
         missing = [token for token, value in outcomes.items() if value is None]
         if missing:
@@ -102,6 +117,25 @@ class VaultTokenizer:
         revealed, events = self._access.reveal(tokens, results, fingerprints)
         # Recorded before any value is returned: no record, no reveal.
         self._record(events)
+        return revealed
+
+    def _cached_token(self, item: TokenizeItem, now: float) -> str | None:
+        cached = self._tokens.get(item)
+        if cached is None:
+            return None
+        token, usable_until = cached
+        if now >= usable_until:
+            del self._tokens[item]
+            return None
+        return token
+
+    def _cached_value(self, token: str, now_ms: float) -> Revealed | None:
+        revealed = self._values.get(token)
+        if revealed is None:
+            return None
+        if revealed.expires_at_ms is not None and now_ms >= revealed.expires_at_ms:
+            del self._values[token]
+            return None
         return revealed
 
     def _record(self, events: list[AuditEvent]) -> None:
