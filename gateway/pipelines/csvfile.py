@@ -14,13 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
 from gateway.errors import MalformedRecordError, SourceError
-from gateway.pipelines.fileformat import PARTITION_BYTES, FileFormat, split_records
+from gateway.pipelines.fileformat import (
+    MAX_RECORD_BYTES,
+    PARTITION_BYTES,
+    FileFormat,
+    split_records,
+)
 from gateway.pipelines.records import ParsedRow, RecordAdapter, Slot
 from gateway.pipelines.spec import ColumnRule, CsvOptions, ScanRule
 from gateway.tokens.record import ValueType
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 _HEADER_LIMIT: Final = 1024 * 1024
+
+# The csv module rejects fields longer than 131,072 characters by default, while a record may
+# have up to MAX_RECORD_BYTES. The limit is global to the process, and worker processes import
+# this module too.
+csv.field_size_limit(MAX_RECORD_BYTES)
 
 
 @dataclass

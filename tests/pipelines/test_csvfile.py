@@ -76,6 +76,15 @@ def test_headerless_partitions_count_the_first_bytes() -> None:
     assert [row.record for row in rows] == [[f"n{n}", "a\nb", str(n)] for n in range(200)]
 
 
+def test_field_larger_than_csv_default_limit() -> None:
+    # Python's csv module rejects fields over 128 KiB unless its limit is raised.
+    note = "x" * 200_000
+    file_format, stream, _ = opened(f'id,note\n1,"{note}"\n'.encode())
+    rows = all_rows(file_format, stream)
+    assert [row.problem for row in rows] == [None]
+    assert [row.record for row in rows] == [["1", note]]
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
