@@ -170,6 +170,24 @@ def test_headerless_quoted_rows_keep_their_columns(tmp_path: Path, sqlite_config
     assert not (out / "rejects.csv").exists()
 
 
+def test_lone_surrogate_line_goes_to_rejects(tmp_path: Path, sqlite_config: Path) -> None:
+    # A lone surrogate escape parses, but the line cannot be written back as UTF-8.
+    bad = '{"pan":"4111111111111111","note":"\\ud800"}\n'
+    source = write(tmp_path / "in.jsonl", '{"pan":"4242424242424242"}\n' + bad)
+    spec = "format: jsonl\ncolumns:\n  - {json: $.pan, format: pan}\n"
+    out = tmp_path / "out"
+    report = run(
+        tmp_path, sqlite_config, spec, [source], out / "clean.jsonl",
+        reject_file=str(out / "rejects.jsonl"),
+    )  # fmt: skip
+    assert report["rejected_rows"] == 1
+    assert report["rows"] == 2
+    clean = (out / "clean.jsonl").read_text(encoding="utf-8")
+    assert clean.count("\n") == 1
+    assert "4242424242424242" not in clean
+    assert (out / "rejects.jsonl").read_text(encoding="utf-8") == bad
+
+
 def test_value_that_does_not_fit_is_rejected(tmp_path: Path, sqlite_config: Path) -> None:
     spec = "format: csv\ncolumns:\n  - {column: SSN, format: pan}\n"
     with pytest.raises(MalformedRecordError) as caught:
