@@ -157,7 +157,7 @@ class SqliteStore(TokenStore):
                 f"cannot create SQLite store {self.path}: {exc.strerror or exc}"
             ) from exc
         with self._mapped_errors("opening"), contextlib.closing(self._connect()) as connection:
-            journal_mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            journal_mode = _switch_to_wal(connection, self._timeout)
             create_schema(connection)
         if journal_mode != "wal":
             logger.warning(
@@ -449,6 +449,24 @@ def _map_error(exc: sqlite3.Error, context: str) -> StoreError | StoreUnavailabl
     if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
         return StoreUnavailableError(f"{context}: {exc}")
     return StoreError(f"{context}: {exc}")
+
+
+def _switch_to_wal(connection: sqlite3.Connection, timeout: float) -> str:
+    """Switch the database to WAL mode and return the journal mode it has afterwards.
+
+    Switching a new file takes an exclusive lock. A connection that loses the race for it to
+    another process gets SQLITE_BUSY at once, without the busy timeout, so the switch is retried
+    until ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode: str = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return mode
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 def _milliseconds(seconds: float) -> int:

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,6 +284,35 @@ async def test_large_indexed_batch_over_parameter_limit(tmp_path: Path) -> None:
 
     assert first == [PutResult(PutStatus.STORED)] * 1200
     assert again == [PutResult(PutStatus.EXISTING, sealed_token=token) for token in sealed]
+
+
+def test_processes_open_new_store_at_once(tmp_path: Path) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite reports SQLITE_BUSY at
+    # once, without the busy timeout, to a connection that loses that race.
+    paths = [tmp_path / str(number) / "tokens.db" for number in range(40)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(3) as pool:
+        barrier = manager.Barrier(3)
+        failures = pool.starmap(_open_each_at_once, [(paths, barrier)] * 3)
+
+    assert failures == [[], [], []]
+
+
+def _open_each_at_once(paths: list[Path], barrier: Any) -> list[str]:
+    """Open and close a store at each path once all processes are ready; return the errors."""
+
+    async def open_and_close(path: Path) -> None:
+        store = SqliteStore(path, timeout=5.0)
+        await store.close()
+
+    failures = []
+    for path in paths:
+        barrier.wait()
+        try:
+            asyncio.run(open_and_close(path))
+        except StoreUnavailableError as error:
+            failures.append(str(error))
+    return failures
 
 
 def test_wal_stays_bounded_with_two_writer_processes(tmp_path: Path) -> None:
