@@ -44,18 +44,6 @@ pages back but start the WAL file over only when no connection reads an older sn
 while one runs, another process's checkpoint fails at once. With two processes writing all the
 time, such as pipeline workers, the WAL file grew to over ten times the database.
 """
-WAL_CHECKPOINT_BUSY_SECONDS: Final = 0.1
-"""Maximum time the truncating checkpoint waits for other connections, in place of the store's
-busy timeout.
-
-The checkpoint holds the write lock while it waits for readers to leave the WAL file. With the
-busy timeout, a read transaction kept open elsewhere made it hold the lock until other writers
-timed out, and their calls failed with ``StoreUnavailableError``.
-"""
-WAL_CHECK_BACKOFF_COMMITS: Final = 8
-"""Commits to wait before checking the WAL file again after a checkpoint that waited for
-``WAL_CHECK_BACKOFF_AFTER`` seconds or more and still did not finish."""
-WAL_CHECK_BACKOFF_AFTER: Final = WAL_CHECKPOINT_BUSY_SECONDS / 2
 CACHE_KIB: Final = 64 * 1024
 """Page cache of the writer connection. Random lookup keys spread inserts over the whole B-tree,
 so a cache smaller than the hot part of the database turns most inserts into page reads."""
@@ -124,8 +112,6 @@ class SqliteStore(TokenStore):
         self._purge_interval = purge_interval
         self._wal_path = path.with_name(path.name + "-wal")
         self._wal_checkpoint_bytes = wal_checkpoint_bytes
-        self._wal_checks_to_skip = 0
-        self._wal_checks_skipped = 0
         self._closed = False
         self._commits = 0
         self._initialize()
@@ -368,14 +354,14 @@ class SqliteStore(TokenStore):
     def _limit_wal(self) -> None:
         """Checkpoint and truncate the WAL file once it is larger than the configured size.
 
-        The checkpoint waits up to ``WAL_CHECKPOINT_BUSY_SECONDS`` for other connections'
-        transactions, but fails at once while another connection runs a checkpoint. After a
-        failure that waited, the next attempt comes a few commits later; after one that did not,
-        at the next commit.
+        The checkpoint does not wait for locks: it fails at once, to be tried again after the
+        next commit, when another connection writes, reads the WAL file or runs a checkpoint.
+        Waiting would hold locks that others need. It holds the write lock while it waits for
+        readers, so one read transaction kept open elsewhere (a backup, a sqlite3 shell) made
+        other writers time out. While it waits for the write lock it holds the checkpoint lock,
+        so with two processes writing all the time, the other one's checkpoints failed and the
+        WAL file grew by tens of MiB.
         """
-        if self._wal_checks_skipped < self._wal_checks_to_skip:
-            self._wal_checks_skipped += 1
-            return
         try:
             size = os.stat(self._wal_path).st_size
         except OSError:
@@ -383,25 +369,18 @@ class SqliteStore(TokenStore):
         connection = self._writer_connection
         if size <= self._wal_checkpoint_bytes or connection is None:
             return
-        started = time.monotonic()
         try:
-            connection.execute(
-                f"PRAGMA busy_timeout = {_milliseconds(WAL_CHECKPOINT_BUSY_SECONDS)}"
-            )
+            connection.execute("PRAGMA busy_timeout = 0")
             try:
                 busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
-                connection.execute(f"PRAGMA busy_timeout = {_milliseconds(self._timeout)}")
+                connection.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
         except sqlite3.Error as exc:
-            busy = 1
             logger.warning("checkpoint of SQLite store %s failed: %s", self.path, exc)
-            # The connection may still have the short busy timeout, so the next group opens
-            # a new one.
+            # The connection may still have no busy timeout, so the next group opens a new one.
             connection.close()
             self._writer_connection = None
-        waited = time.monotonic() - started >= WAL_CHECK_BACKOFF_AFTER
-        self._wal_checks_skipped = 0
-        self._wal_checks_to_skip = WAL_CHECK_BACKOFF_COMMITS if busy and waited else 0
+            return
         if busy:
             logger.debug(
                 "the WAL file of SQLite store %s is %d MiB, and other connections kept the "
@@ -467,10 +446,6 @@ def _switch_to_wal(connection: sqlite3.Connection, timeout: float) -> str:
             if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
                 raise
         time.sleep(0.01)
-
-
-def _milliseconds(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
 
 
 def _copy_error(error: StoreError | StoreUnavailableError) -> BaseException:

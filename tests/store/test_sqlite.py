@@ -323,10 +323,10 @@ def test_wal_stays_bounded_with_two_writer_processes(tmp_path: Path) -> None:
     with context.Pool(2) as pool:
         largest = pool.starmap(_write_and_watch_wal, [(path, limit)] * 2)
 
-    # One commit of 200 random inserts writes a few hundred pages, so the WAL file may pass the
-    # limit by that much before the next checkpoint truncates it. Without checkpoints it
-    # passes 10 MiB here.
-    assert max(largest) < 4 * limit
+    # One commit of 200 random inserts writes a few hundred pages. A checkpoint fails when the
+    # other process is writing at that moment, so the WAL file may pass the limit by a few
+    # commits before one truncates it. Without checkpoints it passes 100 MiB here.
+    assert max(largest) < 6 * limit
     assert query(path, "SELECT count(*) FROM records") == [(24000,)]
 
 
@@ -350,8 +350,9 @@ def _write_and_watch_wal(path: Path, limit: int) -> int:
 
 async def test_long_reader_does_not_fail_writers(tmp_path: Path) -> None:
     # A read transaction that stays open (a backup, a sqlite3 shell) keeps the truncating
-    # checkpoint waiting, and the checkpoint holds the write lock while it waits. When it waited
-    # for the whole busy timeout, the other store's writes timed out on that lock.
+    # checkpoint from finishing, and the checkpoint holds the write lock while it waits for
+    # readers. A checkpoint that waited for the busy timeout made the other store's writes
+    # time out on that lock.
     path = tmp_path / "tokens.db"
     first = SqliteStore(path, timeout=2.0, wal_checkpoint_bytes=64 * 1024)
     second = SqliteStore(path, timeout=2.0, wal_checkpoint_bytes=64 * 1024)
