@@ -14,13 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
 from gateway.errors import MalformedRecordError, SourceError
-from gateway.pipelines.fileformat import PARTITION_BYTES, FileFormat, split_records
+from gateway.pipelines.fileformat import (
+    MAX_RECORD_BYTES,
+    PARTITION_BYTES,
+    FileFormat,
+    split_records,
+)
 from gateway.pipelines.records import ParsedRow, RecordAdapter, Slot
 from gateway.pipelines.spec import ColumnRule, CsvOptions, ScanRule
 from gateway.tokens.record import ValueType
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 _HEADER_LIMIT: Final = 1024 * 1024
+
+# The csv module rejects fields longer than 131,072 characters by default, while a record may
+# have up to MAX_RECORD_BYTES. The limit is global to the process, and worker processes import
+# this module too.
+csv.field_size_limit(MAX_RECORD_BYTES)
 
 
 @dataclass
@@ -96,19 +106,12 @@ class CsvFormat(FileFormat):
 
     def partitions(self, stream: BinaryIO, size: int = PARTITION_BYTES) -> Iterator[bytes]:
         quote = self.options.quotechar.encode(self.options.encoding)
-        pending = self.pending
 
         def outside_quotes(data: bytes, end: int) -> bool:
             return data.count(quote, 0, end) % 2 == 0
 
-        first = True
-        for block in split_records(stream, self.name, outside_quotes, size):
-            if first and pending:
-                block = pending + block
-            first = False
-            yield block
-        if first and pending:
-            yield pending
+        # The bytes read while looking for a BOM may contain a quote, which shifts every boundary.
+        return split_records(stream, self.name, outside_quotes, size, prefix=self.pending)
 
     def parse(self, partition: bytes) -> Iterator[ParsedRow]:
         lines = _LineSource(partition, self.options.encoding)

@@ -66,13 +66,21 @@ class FileFormat(ABC):
 
 
 def split_records(
-    stream: BinaryIO, name: str, is_boundary_safe: Any, size: int = PARTITION_BYTES
+    stream: BinaryIO,
+    name: str,
+    is_boundary_safe: Any,
+    size: int = PARTITION_BYTES,
+    *,
+    prefix: bytes = b"",
 ) -> Iterator[bytes]:
-    """Yield blocks of ``stream`` that end after a newline where ``is_boundary_safe`` allows.
+    """Yield blocks of ``prefix`` and then ``stream`` that end after a newline where
+    ``is_boundary_safe`` allows.
 
     ``is_boundary_safe(data, end)`` returns whether ``data[:end]`` ends outside a quoted field.
+    ``prefix`` is the start of the first record, already read from ``stream``; it counts when
+    the first boundary is chosen.
     """
-    carry = b""
+    carry = prefix
     while True:
         block = stream.read(size)
         if not block:

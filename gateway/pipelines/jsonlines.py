@@ -7,6 +7,7 @@ back compactly (no spaces), and empty lines are dropped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
@@ -20,6 +21,7 @@ from gateway.pipelines.spec import ColumnRule, ScanRule
 from gateway.tokens.record import ValueType
 
 MAX_JSON_DEPTH: Final = 64
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass
@@ -48,6 +50,9 @@ class JsonLinesFormat(FileFormat):
             number += 1
             try:
                 document = parse_json(line, max_depth=MAX_JSON_DEPTH)
+                # A lone surrogate escape parses, but fails when the line is written back.
+                if _SURROGATE_ESCAPE.search(line):
+                    dump_json(document)
             except InvalidBodyError as exc:
                 reason = exc.message.replace("JSON body", "JSON line")
                 yield ParsedRow(number, line, problem=reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -152,7 +153,7 @@ def _fixed_width_options(section: Section | None) -> FixedWidthOptions | None:
         return None
     record_length = section.integer("record_length", 1, minimum=1)
     encoding = _encoding(section, "encoding", "ascii")
-    if codecs.lookup(encoding).name.startswith("utf"):
+    if not _is_single_byte(encoding):
         section.problem(
             "encoding",
             f"fixed-width records need a single-byte encoding, not {encoding}",
@@ -178,6 +179,21 @@ def _fixed_width_options(section: Section | None) -> FixedWidthOptions | None:
         encoding=encoding,
         record_types=tuple(record_types),
     )
+
+
+def _is_single_byte(encoding: str) -> bool:
+    """Return whether ``encoding`` maps each byte to one character, whatever comes before it.
+
+    Those are ASCII, Latin-1 and the codecs built on a table of 256 characters, such as cp500,
+    cp1252 and koi8-r. Multi-byte codecs (utf-8, shift_jis, gb18030) and stateful ones
+    (iso2022_jp, hz) are not.
+    """
+    info = codecs.lookup(encoding)
+    if info.name in ("ascii", "iso8859-1"):
+        return True
+    module = sys.modules.get(info.incrementaldecoder.__module__)
+    table = getattr(module, "decoding_table", None)
+    return isinstance(table, str) and len(table) == 256
 
 
 def _record_type(section: Section, record_length: int) -> RecordType | None:

@@ -9,6 +9,7 @@ write however often it appears.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn, Protocol
@@ -58,6 +59,9 @@ class VaultTokenizer:
     plans the next. Equal items share one token while they are cached or in flight, also when
     they are not deterministic. Each cache evicts its oldest half when it reaches
     ``max_entries``, so a non-deterministic value seen again after eviction gets a new token.
+    A cached token is used only until its ``ttl`` has passed by the vault's clock, and a cached
+    value is revealed only until its token expires. Deterministic tokens with a ``ttl`` are not
+    cached.
     """
 
     def __init__(
@@ -74,7 +78,8 @@ class VaultTokenizer:
         self._access = access
         self._audit = audit
         self._max_entries = max_entries
-        self._tokens: dict[TokenizeItem, str] = {}
+        self._tokens: dict[TokenizeItem, tuple[str, float]] = {}
+        """Token of each item, and the vault time until which it may be used."""
         self._values: dict[str, Revealed] = {}
         self._in_flight: dict[TokenizeItem, _TokenBatch] = {}
         self._unfinished: deque[_TokenBatch] = deque()
@@ -86,11 +91,12 @@ class VaultTokenizer:
         return self.submit(items).result()
 
     def submit(self, items: Sequence[TokenizeItem]) -> _TokenBatch:
+        now = self._vault.now()
         known: dict[TokenizeItem, str | InvalidValueError] = {}
         sources: dict[TokenizeItem, _TokenBatch] = {}
         missing: list[TokenizeItem] = []
         for item in dict.fromkeys(items):
-            token = self._tokens.get(item)
+            token = self._cached_token(item, now)
             if token is not None:
                 known[item] = token
             elif item in self._in_flight:
@@ -98,7 +104,8 @@ class VaultTokenizer:
             else:
                 missing.append(item)
 
-        batch = _TokenBatch(self, list(items), known, sources, missing)
+        # New tokens expire no earlier than ttl seconds after this time.
+        batch = _TokenBatch(self, list(items), known, sources, missing, started=now)
         if missing:
             self.store_items += len(missing)
             batch.task = self._loop.create_task(self._vault.tokenize_many(missing))
@@ -124,8 +131,15 @@ class VaultTokenizer:
                 self._make_room(self._tokens, len(batch.missing))
                 for item, result in zip(batch.missing, stored, strict=True):
                     batch.known[item] = result
-                    if not isinstance(result, InvalidValueError):
-                        self._tokens[item] = result
+                    if isinstance(result, InvalidValueError):
+                        continue
+                    if item.ttl is None:
+                        self._tokens[item] = (result, math.inf)
+                    elif not item.deterministic:
+                        self._tokens[item] = (result, batch.started + item.ttl)
+                    # NOTE: a deterministic token with a ttl is not cached, because it keeps the
+                    # expiry of its first tokenization, which may be much earlier than this call.
+                    # Each repeat of such a value costs a store round trip.
             for item, source in batch.sources.items():
                 batch.known[item] = source.outcome(item)
         except BaseException:
@@ -167,8 +181,9 @@ class VaultTokenizer:
                 del self._in_flight[item]
 
     def detokenize(self, tokens: Sequence[str]) -> list[Revealed | InvalidTokenError]:
+        now_ms = self._vault.now() * 1000
         outcomes: dict[str, Revealed | InvalidTokenError | None] = {
-            token: self._values.get(token) for token in tokens
+            token: self._cached_value(token, now_ms) for token in tokens
         }
         missing = [token for token, value in outcomes.items() if value is None]
         if missing:
@@ -186,6 +201,25 @@ class VaultTokenizer:
         revealed, events = self._access.reveal(tokens, results, fingerprints)
         # Recorded before any value is returned: no record, no reveal.
         self._record(events)
+        return revealed
+
+    def _cached_token(self, item: TokenizeItem, now: float) -> str | None:
+        cached = self._tokens.get(item)
+        if cached is None:
+            return None
+        token, usable_until = cached
+        if now >= usable_until:
+            del self._tokens[item]
+            return None
+        return token
+
+    def _cached_value(self, token: str, now_ms: float) -> Revealed | None:
+        revealed = self._values.get(token)
+        if revealed is None:
+            return None
+        if revealed.expires_at_ms is not None and now_ms >= revealed.expires_at_ms:
+            del self._values[token]
+            return None
         return revealed
 
     def _record(self, events: list[AuditEvent]) -> None:
@@ -211,6 +245,8 @@ class _TokenBatch:
         known: dict[TokenizeItem, str | InvalidValueError],
         sources: dict[TokenizeItem, _TokenBatch],
         missing: list[TokenizeItem],
+        *,
+        started: float,
     ) -> None:
         self.items = items
         self.known = known
@@ -218,6 +254,8 @@ class _TokenBatch:
         self.sources = sources
         """Items that an earlier batch still in flight is tokenizing, with that batch."""
         self.missing = missing
+        self.started = started
+        """The vault time when the batch was submitted, from which new tokens' ttl counts."""
         self.task: asyncio.Task[list[str | InvalidValueError]] | None = None
         self.results: list[str | InvalidValueError] | None = None
         self._tokenizer = tokenizer

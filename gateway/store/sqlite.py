@@ -44,10 +44,6 @@ pages back but start the WAL file over only when no connection reads an older sn
 while one runs, another process's checkpoint fails at once. With two processes writing all the
 time, such as pipeline workers, the WAL file grew to over ten times the database.
 """
-WAL_CHECK_BACKOFF_COMMITS: Final = 8
-"""Commits to wait before checking the WAL file again after a checkpoint that waited for
-``WAL_CHECK_BACKOFF_AFTER`` seconds or more and still did not finish."""
-WAL_CHECK_BACKOFF_AFTER: Final = 0.5
 CACHE_KIB: Final = 64 * 1024
 """Page cache of the writer connection. Random lookup keys spread inserts over the whole B-tree,
 so a cache smaller than the hot part of the database turns most inserts into page reads."""
@@ -117,8 +113,6 @@ class SqliteStore(TokenStore):
         self._purge_interval = purge_interval
         self._wal_path = path.with_name(path.name + "-wal")
         self._wal_checkpoint_bytes = wal_checkpoint_bytes
-        self._wal_checks_to_skip = 0
-        self._wal_checks_skipped = 0
         self._closed = False
         self._commits = 0
         self._initialize()
@@ -383,30 +377,33 @@ class SqliteStore(TokenStore):
     def _limit_wal(self) -> None:
         """Checkpoint and truncate the WAL file once it is larger than the configured size.
 
-        The checkpoint waits up to the busy timeout for other connections' transactions, but
-        fails at once while another connection runs a checkpoint. After a failure that waited,
-        the next attempt comes a few commits later; after one that did not, at the next commit.
+        The checkpoint does not wait for locks: it fails at once, to be tried again after the
+        next commit, when another connection writes, reads the WAL file or runs a checkpoint.
+        Waiting would hold locks that others need. It holds the write lock while it waits for
+        readers, so one read transaction kept open elsewhere (a backup, a sqlite3 shell) made
+        other writers time out. While it waits for the write lock it holds the checkpoint lock,
+        so with two processes writing all the time, the other one's checkpoints failed and the
+        WAL file grew by tens of MiB.
         """
-        if self._wal_checks_skipped < self._wal_checks_to_skip:
-            self._wal_checks_skipped += 1
-            return
         try:
             size = os.stat(self._wal_path).st_size
         except OSError:
             return
-        if size <= self._wal_checkpoint_bytes or self._writer_connection is None:
+        connection = self._writer_connection
+        if size <= self._wal_checkpoint_bytes or connection is None:
             return
-        started = time.monotonic()
         try:
-            busy, _, _ = self._writer_connection.execute(
-                "PRAGMA wal_checkpoint(TRUNCATE)"
-            ).fetchone()
+            connection.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
         except sqlite3.Error as exc:
-            busy = 1
             logger.warning("checkpoint of SQLite store %s failed: %s", self.path, exc)
-        waited = time.monotonic() - started >= WAL_CHECK_BACKOFF_AFTER
-        self._wal_checks_skipped = 0
-        self._wal_checks_to_skip = WAL_CHECK_BACKOFF_COMMITS if busy and waited else 0
+            # The connection may still have no busy timeout, so the next group opens a new one.
+            connection.close()
+            self._writer_connection = None
+            return
         if busy:
             logger.debug(
                 "the WAL file of SQLite store %s is %d MiB, and other connections kept the "

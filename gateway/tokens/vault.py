@@ -84,6 +84,8 @@ class Revealed:
     value_type: ValueType
     format: str
     class_name: str
+    expires_at_ms: int | None = None
+    """Unix time in milliseconds at which the token expires, or None if it never does."""
 
 
 @dataclass(slots=True)
@@ -124,6 +126,10 @@ class Vault:
     @property
     def key_ring(self) -> KeyRing:
         return self._cipher.key_ring
+
+    def now(self) -> float:
+        """Return the current Unix time in seconds by the vault's clock."""
+        return self._clock()
 
     def use_key_ring(self, key_ring: KeyRing) -> None:
         """Seal new records under ``key_ring`` and open records with it from the next call on.
@@ -379,6 +385,7 @@ def _reveal(
         value_type=opened.metadata.value_type,
         format=opened.metadata.format,
         class_name=opened.metadata.class_name,
+        expires_at_ms=opened.metadata.expires_at_ms,
     )
 
 

@@ -63,6 +63,28 @@ def test_partitions_never_split_a_quoted_field() -> None:
     assert all(row.problem is None for row in parsed)
 
 
+def test_headerless_partitions_count_the_first_bytes() -> None:
+    # Without a header, open() reads the first three bytes to look for a BOM. They contain the
+    # first quote, which the search for partition boundaries must count too.
+    data = b"".join(b'"n%d","a\nb",%d\n' % (number, number) for number in range(200))
+    file_format, stream, _ = opened(data, CsvOptions(header=False))
+    partitions = list(file_format.partitions(stream, size=100))
+    assert len(partitions) > 10
+    assert b"".join(partitions) == data
+    rows = [row for partition in partitions for row in file_format.parse(partition)]
+    assert [row.problem for row in rows if row.problem is not None] == []
+    assert [row.record for row in rows] == [[f"n{n}", "a\nb", str(n)] for n in range(200)]
+
+
+def test_field_larger_than_csv_default_limit() -> None:
+    # Python's csv module rejects fields over 128 KiB unless its limit is raised.
+    note = "x" * 200_000
+    file_format, stream, _ = opened(f'id,note\n1,"{note}"\n'.encode())
+    rows = all_rows(file_format, stream)
+    assert [row.problem for row in rows] == [None]
+    assert [row.record for row in rows] == [["1", note]]
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [

@@ -153,6 +153,41 @@ def test_reject_file_takes_malformed_rows(tmp_path: Path, sqlite_config: Path) -
     assert rejects == [PATIENTS.read_text(encoding="utf-8").splitlines()[0], "x,y,z"]
 
 
+def test_headerless_quoted_rows_keep_their_columns(tmp_path: Path, sqlite_config: Path) -> None:
+    # A partition cut inside the quoted note would shift the card number into column 2 of a
+    # short row, where no rule covers it, and copy it into the output in plaintext.
+    card = "4111111111111111"
+    source = write(tmp_path / "in.csv", "".join(f'"n{n}","a\nb",{card}\n' for n in range(60)))
+    spec = 'format: csv\ncsv: {header: false}\ncolumns:\n  - {column: "3", format: pan}\n'
+    out = tmp_path / "out"
+    report = run(
+        tmp_path, sqlite_config, spec, [source], out / "clean.csv",
+        reject_file=str(out / "rejects.csv"), partition_bytes=200,
+    )  # fmt: skip
+    assert report["rejected_rows"] == 0
+    assert report["rows"] == 60
+    assert card not in (out / "clean.csv").read_text(encoding="utf-8")
+    assert not (out / "rejects.csv").exists()
+
+
+def test_lone_surrogate_line_goes_to_rejects(tmp_path: Path, sqlite_config: Path) -> None:
+    # A lone surrogate escape parses, but the line cannot be written back as UTF-8.
+    bad = '{"pan":"4111111111111111","note":"\\ud800"}\n'
+    source = write(tmp_path / "in.jsonl", '{"pan":"4242424242424242"}\n' + bad)
+    spec = "format: jsonl\ncolumns:\n  - {json: $.pan, format: pan}\n"
+    out = tmp_path / "out"
+    report = run(
+        tmp_path, sqlite_config, spec, [source], out / "clean.jsonl",
+        reject_file=str(out / "rejects.jsonl"),
+    )  # fmt: skip
+    assert report["rejected_rows"] == 1
+    assert report["rows"] == 2
+    clean = (out / "clean.jsonl").read_text(encoding="utf-8")
+    assert clean.count("\n") == 1
+    assert "4242424242424242" not in clean
+    assert (out / "rejects.jsonl").read_text(encoding="utf-8") == bad
+
+
 def test_value_that_does_not_fit_is_rejected(tmp_path: Path, sqlite_config: Path) -> None:
     spec = "format: csv\ncolumns:\n  - {column: SSN, format: pan}\n"
     with pytest.raises(MalformedRecordError) as caught:

@@ -95,6 +95,37 @@ def test_fixed_width_field_too_narrow_for_uuid(tmp_path: Path) -> None:
     assert "16 characters wide, too narrow for uuid tokens" in found[0]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "shift_jis", "gb18030", "iso2022_jp", "hz"])
+def test_fixed_width_multibyte_encoding_rejected(tmp_path: Path, encoding: str) -> None:
+    # Without a separator, records are cut by bytes, but fields by characters. One multi-byte
+    # character would shift every later record and move a card number out of its ruled
+    # positions, in plaintext.
+    found = problems(
+        tmp_path,
+        "format: fixed_width\n"
+        f'fixed_width: {{record_length: 30, separator: "", encoding: {encoding}}}\n'
+        "columns:\n"
+        '  - {positions: "11-26", format: numeric}\n',
+    )
+    assert len(found) == 1
+    assert "need a single-byte encoding" in found[0]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1", "cp500", "cp1252", "koi8-r"])
+def test_fixed_width_single_byte_encoding_accepted(tmp_path: Path, encoding: str) -> None:
+    spec = load_spec(
+        spec_file(
+            tmp_path,
+            "format: fixed_width\n"
+            f"fixed_width: {{record_length: 30, encoding: {encoding}}}\n"
+            "columns:\n"
+            '  - {positions: "11-26", format: numeric}\n',
+        )
+    )
+    assert spec.fixed_width is not None
+    assert spec.fixed_width.encoding == encoding
+
+
 def test_undeclared_record_type(tmp_path: Path) -> None:
     found = problems(
         tmp_path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,51 @@ def test_cancel_pending_ends_every_batch(
     [token] = tokenizer.tokenize([item])
     assert isinstance(token, str)
     assert tokenizer.store_items == 3
+
+
+def test_cache_skips_expired_tokens(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    # A run can last longer than a rule's ttl. A token the cache keeps must not be written to
+    # the output, or revealed, after it has expired.
+    loop, store = loop_and_store
+    now = [time.time()]
+    vault = Vault(store, make_key_ring(), clock=lambda: now[0])
+    tokenizer = VaultTokenizer(vault, loop)
+    item = TokenizeItem("Alice", class_name="person.name", ttl=60)
+    [first] = tokenizer.tokenize([item])
+    assert isinstance(first, str)
+    [shown] = tokenizer.detokenize([first])
+    assert getattr(shown, "value", None) == "Alice"
+
+    now[0] += 120
+    [second] = tokenizer.tokenize([item])
+    assert second != first
+    assert isinstance(second, str)
+    [revealed] = loop.run_until_complete(vault.detokenize_many([second]))
+    assert getattr(revealed, "value", None) == "Alice"
+    [expired] = tokenizer.detokenize([first])
+    assert isinstance(expired, InvalidTokenError)
+
+
+def test_cache_skips_deterministic_tokens_with_ttl(
+    loop_and_store: tuple[asyncio.AbstractEventLoop, SqliteStore],
+) -> None:
+    # A deterministic token keeps the expiry of its first tokenization, possibly by an earlier
+    # run, so the ttl of this request does not tell when it expires.
+    loop, store = loop_and_store
+    key_ring = make_key_ring()
+    ttl = 3600.0
+    earlier = Vault(store, key_ring, clock=lambda: time.time() - ttl + 1)
+    item = TokenizeItem("Alice", class_name="person.name", deterministic=True, ttl=ttl)
+    [created] = loop.run_until_complete(earlier.tokenize_many([item]))
+    vault = Vault(store, key_ring)
+    tokenizer = VaultTokenizer(vault, loop)
+    assert tokenizer.tokenize([item]) == [created]
+
+    time.sleep(1.2)
+    [later] = tokenizer.tokenize([item])
+    assert later != created
+    assert isinstance(later, str)
+    [revealed] = loop.run_until_complete(vault.detokenize_many([later]))
+    assert getattr(revealed, "value", None) == "Alice"
