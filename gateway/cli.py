@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.audit import cli as audit_cli
-from gateway.config.loader import load_config
+from gateway.config.loader import load_config, missing_config_message
 from gateway.config.model import LoggingConfig
 from gateway.errors import (
     AuditUnavailableError,
@@ -109,13 +109,10 @@ def _print_config_error(error: ConfigError) -> None:
 
 
 def _config_missing(path: Path) -> bool:
-    if path.is_file():
+    message = missing_config_message(path)
+    if message is None:
         return False
-    print(
-        f"vaultgate: configuration file {path} not found in {Path.cwd()}; pass one with -c "
-        "(for example -c config.example.yaml) or set VAULTGATE_CONFIG",
-        file=sys.stderr,
-    )
+    print(f"vaultgate: {message}", file=sys.stderr)
     return True
 
 

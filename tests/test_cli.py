@@ -71,6 +71,25 @@ def test_check_requires_key_outside_development(tmp_path: Path) -> None:
     assert not (tmp_path / "missing-keys.yaml").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["check"], id="check"),
+        pytest.param(["keys", "status"], id="keys-status"),
+        pytest.param(["audit", "verify"], id="audit-verify"),
+        pytest.param(["pipeline", "run", "spec.yaml", "in.csv", "-o", "out.csv"], id="pipeline"),
+    ],
+)
+def test_missing_config_gets_one_message(command: list[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+
+    result = vaultgate(*command, "-c", str(missing), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert f"vaultgate: configuration file {missing} not found in {tmp_path}" in result.stderr
+    assert "pass one with -c (for example -c config.example.yaml)" in result.stderr
+
+
 def test_check_lists_every_problem_with_line(tmp_path: Path) -> None:
     (tmp_path / "routes").mkdir()
     (tmp_path / "routes/bad.yaml").write_text(

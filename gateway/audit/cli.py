@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.audit.verify import verify_audit_file
 from gateway.config.audit import existing_audit_files
-from gateway.config.loader import load_config
+from gateway.config.loader import load_config, missing_config_message
 from gateway.config.model import LoggingConfig
 from gateway.errors import ConfigError, KeyMaterialError
 from gateway.logs import configure_logging
@@ -57,8 +57,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def _verify(arguments: argparse.Namespace) -> int:
     configure_logging(LoggingConfig(level="WARNING"))
-    if not arguments.config.is_file():
-        return _error(f"configuration file {arguments.config} not found; pass one with -c")
+    message = missing_config_message(arguments.config)
+    if message is not None:
+        return _error(message)
     try:
         config = load_config(arguments.config)
         # A key generated now could not verify anything, so a missing key is an error here.

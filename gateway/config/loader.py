@@ -52,6 +52,19 @@ _SECTIONS = (
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def missing_config_message(path: Path) -> str | None:
+    """Return the error for a configuration file that does not exist, or None if it does.
+
+    Every command that reads the configuration reports a missing file with this text.
+    """
+    if path.is_file():
+        return None
+    return (
+        f"configuration file {path} not found in {Path.cwd()}; pass one with -c (for example "
+        "-c config.example.yaml) or set VAULTGATE_CONFIG"
+    )
+
+
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate everything; raise ``ConfigError`` listing every problem found."""
     environ = os.environ if environ is None else environ

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config.loader import load_config
+from gateway.config.loader import load_config, missing_config_message
 from gateway.config.model import Config, LoggingConfig
 from gateway.engine.auth import find_client
 from gateway.errors import (
@@ -139,6 +139,9 @@ def _fail(message: str) -> int:
 def _run(arguments: argparse.Namespace) -> int:
     if arguments.workers < 1:
         return _fail("--workers must be 1 or more")
+    message = missing_config_message(arguments.config)
+    if message is not None:
+        return _fail(message)
     try:
         spec = load_spec(arguments.spec)
         config = load_config(arguments.config)

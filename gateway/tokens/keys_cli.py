@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
-from gateway.config.loader import load_config
+from gateway.config.loader import load_config, missing_config_message
 from gateway.config.model import Config, LoggingConfig
 from gateway.errors import ConfigError, VaultgateError
 from gateway.logs import configure_logging
@@ -253,12 +253,9 @@ def _retire(arguments: argparse.Namespace) -> int:
 
 def _load_config(path: Path) -> Config | None:
     """Return the configuration, or print why it cannot be loaded and return None."""
-    if not path.is_file():
-        print(
-            f"vaultgate: configuration file {path} not found in {Path.cwd()}; pass one with -c "
-            "or set VAULTGATE_CONFIG",
-            file=sys.stderr,
-        )
+    message = missing_config_message(path)
+    if message is not None:
+        print(f"vaultgate: {message}", file=sys.stderr)
         return None
     try:
         config = load_config(path)
