@@ -142,6 +142,9 @@ class VaultTokenizer:
                     # Each repeat of such a value costs a store round trip.
             for item, source in batch.sources.items():
                 batch.known[item] = source.outcome(item)
+            # Each batch refers to the batch before it, so a kept reference would keep every
+            # earlier batch of the run alive.
+            batch.sources = {}
         except BaseException:
             self.cancel_pending()
             raise

@@ -44,10 +44,11 @@ pages back but start the WAL file over only when no connection reads an older sn
 while one runs, another process's checkpoint fails at once. With two processes writing all the
 time, such as pipeline workers, the WAL file grew to over ten times the database.
 """
-CACHE_KIB: Final = 64 * 1024
+CACHE_KIB: Final = 32 * 1024
 """Page cache of the writer connection. Random lookup keys spread inserts over the whole B-tree,
 so a cache smaller than the hot part of the database turns most inserts into page reads."""
 SET_UP_RETRY_SECONDS: Final = 0.02
+WRITE_LOCK_POLL_SECONDS: Final = 0.0002
 MAX_PARAMETERS: Final = 500
 """Lookup keys per ``IN (...)`` list, well below SQLite's limit on host parameters."""
 
@@ -412,6 +413,29 @@ class SqliteStore(TokenStore):
                 size >> 20,
             )
 
+    def _begin_write(self, connection: sqlite3.Connection) -> None:
+        """Start a write transaction, polling for the write lock until the timeout.
+
+        SQLite's own busy handler sleeps up to 100 ms between tries. While another process
+        writes one transaction after another, as a pipeline worker does, its gaps are far
+        shorter, so a waiting writer missed every one of them and timed out. This polls every
+        ``WRITE_LOCK_POLL_SECONDS`` instead.
+        """
+        deadline = time.monotonic() + self._timeout
+        connection.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                    if code != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                        raise
+                time.sleep(WRITE_LOCK_POLL_SECONDS)
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
+
     def _run_transaction(self, calls: list[_WriteCall]) -> list[Any]:
         with self._mapped_errors("write"):
             try:
@@ -421,7 +445,7 @@ class SqliteStore(TokenStore):
                     self._writer_connection.execute("PRAGMA wal_autocheckpoint = 0")
                 connection = self._writer_connection
                 # IMMEDIATE takes the write lock first, so the checks below see what is committed.
-                connection.execute("BEGIN IMMEDIATE")
+                self._begin_write(connection)
                 try:
                     now = time.time()
                     results = [call.run(connection, now) for call in calls]

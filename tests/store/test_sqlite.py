@@ -381,3 +381,48 @@ async def test_long_reader_does_not_fail_writers(tmp_path: Path) -> None:
 
     assert failures == []
     assert query(path, "SELECT count(*) FROM records") == [(3001,)]
+
+
+def test_busy_writer_processes_take_turns(tmp_path: Path) -> None:
+    # Each process keeps its writer thread busy, as a pipeline worker that submits its next
+    # batch before the last one is written does. A writer that waits for the lock must still
+    # get it within the timeout. With SQLite's own busy handler, which sleeps up to 100 ms
+    # between tries, one process timed out in three runs of three.
+    path = tmp_path / "tokens.db"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        failures = pool.starmap(_write_back_to_back, [(path,)] * 2)
+
+    assert failures == [0, 0]
+    assert query(path, "SELECT count(*) FROM records") == [(2 * 15 * 3000,)]
+
+
+def _write_back_to_back(path: Path) -> int:
+    """Write 15 batches, each submitted before the one before it is written; return how many
+    failed."""
+
+    def batch() -> list[PutRequest]:
+        return [
+            PutRequest(record(), index_key=os.urandom(32), sealed_token=b"sealed")
+            for _ in range(3000)
+        ]
+
+    async def write() -> int:
+        store = SqliteStore(path, timeout=0.5)
+        failures = 0
+        try:
+            pending = asyncio.ensure_future(store.put_many(batch()))
+            for number in range(15):
+                following = asyncio.ensure_future(store.put_many(batch())) if number < 14 else None
+                try:
+                    await pending
+                except StoreUnavailableError:
+                    failures += 1
+                if following is None:
+                    break
+                pending = following
+        finally:
+            await store.close()
+        return failures
+
+    return asyncio.run(write())
