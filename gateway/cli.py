@@ -167,10 +167,10 @@ def _run(arguments: argparse.Namespace) -> int:
         return 1
     except OSError as error:
         logger.error(
-            "not started: cannot listen: %s; stop the other process or change listen.reverse, "
-            "listen.admin or listen.forward (VAULTGATE_LISTEN, VAULTGATE_ADMIN_LISTEN, "
-            "VAULTGATE_FORWARD_LISTEN in config.example.yaml)",
-            error,
+            "not started: %s; stop the other process or change that address (config.example.yaml "
+            "reads listen.reverse, listen.admin and listen.forward from VAULTGATE_LISTEN, "
+            "VAULTGATE_ADMIN_LISTEN and VAULTGATE_FORWARD_LISTEN)",
+            error.strerror or error,
         )
         return 1
     return 0

@@ -140,6 +140,7 @@ class Gateway:
             web.ServerRunner(server),
             config.listen.reverse,
             self.sockets.reverse if self.sockets is not None else (),
+            "listen.reverse",
         )
 
         if config.listen.admin is not None:
@@ -154,6 +155,7 @@ class Gateway:
                 web.AppRunner(api, access_log=None),
                 config.listen.admin,
                 self.sockets.admin if self.sockets is not None else (),
+                "listen.admin",
             )
 
         if config.listen.forward is not None and self.serve_forward:
@@ -164,9 +166,17 @@ class Gateway:
             )
 
     async def _listen(
-        self, runner: web.BaseRunner, address: Address, sockets: tuple[socket.socket, ...]
+        self,
+        runner: web.BaseRunner,
+        address: Address,
+        sockets: tuple[socket.socket, ...],
+        setting: str,
     ) -> Address:
-        """Accept on ``sockets`` when given, or bind ``address``; return the bound address."""
+        """Accept on ``sockets`` when given, or bind ``address``; return the bound address.
+
+        Raises ``OSError`` naming the address and the ``setting`` that sets it when the address
+        cannot be bound.
+        """
         await runner.setup()
         self.runners.append(runner)
         if sockets:
@@ -174,7 +184,11 @@ class Gateway:
                 await web.SockSite(runner, sock).start()
             return bound_address(sockets)
         site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OSError(exc.errno, f"cannot listen on {address} ({setting}): {reason}") from exc
         host, port = runner.addresses[0][0], runner.addresses[0][1]
         return Address(str(host), int(port))
 

@@ -150,10 +150,10 @@ class Section:
                 raise ValueError
             number = int(str(value).strip())
         except ValueError:
-            self.problem(key, f"{self.name_of(key)} must be a whole number")
+            self.problem(key, f"{self.name_of(key)} is {value!r}; it must be a whole number")
             return default
         if number < minimum:
-            self.problem(key, f"{self.name_of(key)} must be at least {minimum}")
+            self.problem(key, f"{self.name_of(key)} is {number}; it must be at least {minimum}")
             return default
         return number
 

@@ -116,7 +116,7 @@ def test_disabled_keeps_other_settings() -> None:
         ),
         pytest.param(
             "audit:\n  stream_max_length: 0\n",
-            "gateway.yaml:2: audit.stream_max_length must be at least 1",
+            "gateway.yaml:2: audit.stream_max_length is 0; it must be at least 1",
             id="max-length",
         ),
         pytest.param(

@@ -140,8 +140,8 @@ def test_listen_workers_read(
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        pytest.param("0", "listen.workers must be at least 1", id="zero"),
-        pytest.param("two", "listen.workers must be a whole number", id="word"),
+        pytest.param("0", "listen.workers is 0; it must be at least 1", id="zero"),
+        pytest.param("two", "listen.workers is 'two'; it must be a whole number", id="word"),
     ],
 )
 def test_listen_workers_rejects(tmp_path: Path, value: str, message: str) -> None:

@@ -276,6 +276,25 @@ def test_replacement_backs_off_until_fixed(two_workers: GatewayProcess, tmp_path
     assert two_workers.stop() == 0
 
 
+def test_port_in_use_named_by_one_process(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "gw", f"sqlite:///{tmp_path / 'tokens.db'}")
+    occupied_socket = socket.socket()
+    occupied_socket.bind(("127.0.0.1", 0))
+    occupied_socket.listen()
+    port = occupied_socket.getsockname()[1]
+    config.write_text(config.read_text().replace("admin: 127.0.0.1:", f"admin: 127.0.0.1:{port} #"))
+    try:
+        gateway = GatewayProcess(config, "single-port")
+        status = gateway.wait()
+    finally:
+        occupied_socket.close()
+
+    assert status == 1
+    log = gateway.log()
+    assert f"not started: cannot listen on 127.0.0.1:{port} (listen.admin): " in log
+    assert "Errno" not in log
+
+
 def test_invalid_config_starts_no_worker(tmp_path: Path) -> None:
     config = write_config(tmp_path / "gw", "mysql://nowhere")
 

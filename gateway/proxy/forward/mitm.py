@@ -157,7 +157,7 @@ class EmbeddedProxy:
 
         if not await server.setup_servers():
             await master.done()
-            raise OSError(f"the forward proxy cannot listen on {address}")
+            raise OSError(f"the forward proxy cannot listen on {address} (listen.forward)")
         await master.running()
         return cls(master, server)
 
