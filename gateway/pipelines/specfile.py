@@ -238,9 +238,15 @@ def _ipm_options(section: Section | None) -> IpmOptions:
     if section is None:
         return IpmOptions()
     section.check_keys(("encoding", "blocked"))
-    return IpmOptions(
-        encoding=_encoding(section, "encoding", "cp500"), blocked=section.boolean("blocked", True)
-    )
+    encoding = _encoding(section, "encoding", "cp500")
+    # Element lengths count bytes, and a replaced element must keep its length in bytes.
+    if not _is_single_byte(encoding):
+        section.problem(
+            "encoding",
+            f"IPM files need a single-byte encoding, not {encoding}",
+            "use cp500 (EBCDIC) or ascii",
+        )
+    return IpmOptions(encoding=encoding, blocked=section.boolean("blocked", True))
 
 
 def _rule_sections(root: Section, key: str) -> list[Section]:

@@ -86,6 +86,16 @@ def test_mistakes_have_lines(tmp_path: Path) -> None:
     assert any("spec.yaml:6: unknown detector 'names'" in text for text in found)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "shift_jis"])
+def test_ipm_multibyte_encoding_rejected(tmp_path: Path, encoding: str) -> None:
+    found = problems(
+        tmp_path,
+        f"format: ipm\nipm: {{encoding: {encoding}}}\ncolumns:\n  - {{element: 2, format: pan}}\n",
+    )
+    assert len(found) == 1
+    assert f"IPM files need a single-byte encoding, not {encoding}" in found[0]
+
+
 def test_fixed_width_field_too_narrow_for_uuid(tmp_path: Path) -> None:
     found = problems(
         tmp_path,
