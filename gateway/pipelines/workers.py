@@ -136,7 +136,7 @@ def _start_worker(settings: VaultSettings) -> None:
     """
     global _state
     loop = asyncio.new_event_loop()
-    key_ring = load_key_ring(settings.keys, base_dir=settings.base_dir)
+    key_ring = load_key_ring(settings.keys, base_dir=settings.base_dir, warn_development=False)
     store = open_store(
         settings.store_url, timeout=settings.store_timeout, base_dir=settings.base_dir
     )

@@ -126,13 +126,25 @@ def _derive(index_key: bytes, label: bytes) -> bytes:
     )
 
 
-def load_key_ring(config: KeysConfig, *, base_dir: Path, generate_missing: bool = True) -> KeyRing:
+_warned_development: set[str] = set()
+"""Key sources whose development-key warning this process has logged."""
+
+
+def load_key_ring(
+    config: KeysConfig,
+    *,
+    base_dir: Path,
+    generate_missing: bool = True,
+    warn_development: bool = True,
+) -> KeyRing:
     """Load the key ring from the environment variable or key file that ``config`` names.
 
     The environment variable, when set, wins over the file. A relative ``config.file`` is
     relative to ``base_dir``. With ``config.development`` on and no key anywhere, a development
     key file is generated there, unless ``generate_missing`` is false: tools that only read
-    existing data pass false, because a new key cannot open anything. Raises
+    existing data pass false, because a new key cannot open anything. A development key is
+    warned about once per process and source, and not at all with ``warn_development`` false,
+    which pipeline worker processes pass because their parent warned already. Raises
     ``KeyMaterialError`` when no key is found outside development, when a development key is
     used outside development, or when the key is malformed.
     """
@@ -154,6 +166,8 @@ def load_key_ring(config: KeysConfig, *, base_dir: Path, generate_missing: bool 
                 "development key. Set keys.file"
             )
         text, source = _create_development_key_file(path), str(path)
+        # Creating the file logged its own warning with the same advice.
+        _warned_development.add(source)
 
     key_file = parse_key_file(text, source=source)
     if key_file.development and not config.development:
@@ -161,7 +175,9 @@ def load_key_ring(config: KeysConfig, *, base_dir: Path, generate_missing: bool 
             f"{source} is a development key, which is not allowed with keys.development off. "
             f"Create a real key with `{GENERATE_COMMAND}` and point keys.file at it"
         )
-    if key_file.development:
+    if key_file.development and warn_development and source not in _warned_development:
+        # Once per process and key source. Forked gateway workers inherit the set.
+        _warned_development.add(source)
         logger.warning(
             "using the DEVELOPMENT key from %s: never use it for real data. Create a real key "
             "with `%s`, point keys.file at it and set keys.development to false",
@@ -171,9 +187,10 @@ def load_key_ring(config: KeysConfig, *, base_dir: Path, generate_missing: bool 
 
     ring = KeyRing(key_file)
     logger.info(
-        "loaded master key versions %s from %s, primary version %d",
-        ", ".join(str(version) for version in ring.versions),
+        "loaded %d master key(s) from %s (versions %s, primary %d)",
+        len(ring.versions),
         source,
+        ", ".join(str(version) for version in ring.versions),
         ring.primary_version,
     )
     return ring

@@ -309,4 +309,5 @@ def test_two_workers_close_audit_cleanly(tokenized: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stderr.count("DEVELOPMENT key") == 1
     assert ssn_column(tokenized / "two.csv") == ssn_column(tokenized / "clean.csv")

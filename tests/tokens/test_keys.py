@@ -280,6 +280,22 @@ def test_development_key_generated_once(tmp_path: Path, caplog: pytest.LogCaptur
     assert second.lookup_secret.reveal() == first.lookup_secret.reveal()
 
 
+def test_development_key_warned_once_per_source(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = KeysConfig(file=Path("keys.yaml"), development=True)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.keys"):
+        for _ in range(3):
+            load_key_ring(config, base_dir=tmp_path)
+
+    warnings = [
+        r for r in caplog.records if r.name == "gateway.keys" and r.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1
+    assert "generated a DEVELOPMENT key file" in warnings[0].getMessage()
+
+
 def test_generate_missing_false_raises(tmp_path: Path) -> None:
     config = KeysConfig(file=Path("var/keys.yaml"), development=True)
 
