@@ -8,6 +8,7 @@ no connection may reveal is only a warning, because the vault API can still deto
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Sequence
 
 from gateway.engine.routing import Action, Connection, Operation, Route
@@ -109,11 +110,14 @@ def _check_classes(
     for data_class in policy.classes.values():
         where = sources.of("class", data_class.name)
         for connection in sorted(data_class.reveal_to - connection_names):
+            close = difflib.get_close_matches(connection, sorted(connection_names), n=1)
             problems.append(
                 _problem(
                     where,
                     f"class {data_class.name!r} reveals to unknown connection {connection!r}",
-                    "name a connection declared in a route file",
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else "name a connection declared in a route file",
                 )
             )
         if not data_class.reveal_to:

@@ -8,6 +8,7 @@ it, so a field that was quoted without need comes out unquoted.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from gateway.pipelines.fileformat import (
 from gateway.pipelines.records import ParsedRow, RecordAdapter, Slot
 from gateway.pipelines.spec import ColumnRule, CsvOptions, ScanRule
 from gateway.tokens.record import ValueType
+
+MAX_COLUMNS_SHOWN: Final = 20
+"""Header columns that an error about a missing column lists."""
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 _HEADER_LIMIT: Final = 1024 * 1024
@@ -101,6 +105,8 @@ class CsvFormat(FileFormat):
         if missing:
             where = "the header of " if self.options.header else ""
             hint = "" if self.options.header else " (without a header, name columns 1, 2, ...)"
+            if self.options.header:
+                hint = _header_hint(missing, self.columns)
             raise SourceError(f"{where}{self.name} has no column {', '.join(missing)}{hint}")
         return CsvAdapter(tuple(positions)), labels
 
@@ -206,3 +212,14 @@ class CsvAdapter(RecordAdapter):
         for (_, column), (value, _) in zip(handle, values, strict=True):
             row[column] = value
         return row
+
+
+def _header_hint(missing: list[str], columns: list[str]) -> str:
+    """Return a suggestion for the first missing column and the header's columns, for errors."""
+    close = difflib.get_close_matches(missing[0], columns, n=1)
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    shown = ", ".join(columns[:MAX_COLUMNS_SHOWN])
+    more = (
+        f" and {len(columns) - MAX_COLUMNS_SHOWN} more" if len(columns) > MAX_COLUMNS_SHOWN else ""
+    )
+    return f"{suggestion}; its columns are {shown}{more}"

@@ -428,11 +428,12 @@ class ApiOperations:
             data_class = policy.classes.get(class_name)
             if data_class is None or not data_class.deterministic:
                 # The caller's text is not quoted: a value put in the wrong field would leak.
+                # A defined class's name comes from the configuration, so it may be quoted.
                 reason = (
                     "the class is not defined"
                     if data_class is None
-                    else "the class is not deterministic, so its tokens cannot be found by "
-                    "value; delete them by token"
+                    else f"class {data_class.name!r} is not deterministic, so its tokens cannot be "
+                    "found by value; delete them by token"
                 )
                 audit.add(PolicyAction.ERASE, Outcome.FAILED, None, None, reason=reason)
                 raise InvalidValueError(reason)

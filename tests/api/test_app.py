@@ -272,6 +272,8 @@ async def test_erase_by_value(api: Api) -> None:
         "POST", "/v1/erase", "admin", {"class": "card.pan", "values": [PAN]}
     )
     assert status == 400
+    assert "class 'card.pan' is not deterministic" in json.dumps(body)
+    assert PAN not in json.dumps(body)
     status, body = await api.call(
         "POST", "/v1/erase", "admin", {"class": "pii.email", "values": [EMAIL]}
     )

@@ -89,6 +89,7 @@ def test_operation_takes_its_class_settings(tmp_path: Path) -> None:
             "grants on unknown class 'pii.mail'",
         ),
         (("reveal_to: [pay]", "reveal_to: [stripe]"), "reveals to unknown connection 'stripe'"),
+        (("reveal_to: [pay]", "reveal_to: [pya]"), "did you mean 'pay'?"),
         (("format: pan,", "format: card,"), "unknown token format 'card'"),
         (("mask: email", "mask: half"), "unknown mask 'half'"),
         (("view: masked", "view: partial"), "view 'partial' is unknown"),

@@ -117,6 +117,17 @@ def test_missing_column_is_named() -> None:
         file_format.bind(rules)
 
 
+def test_missing_column_suggests_header_name() -> None:
+    file_format, _, _ = opened(b"id,email\n")
+    rules = [ColumnRule(FieldRef(column="e_mail"))]
+
+    with pytest.raises(SourceError) as caught:
+        file_format.bind(rules)
+
+    assert "has no column e_mail (did you mean 'email'?)" in str(caught.value)
+    assert "its columns are id, email" in str(caught.value)
+
+
 def test_missing_header() -> None:
     with pytest.raises(MalformedRecordError, match="header row is missing"):
         opened(b"")
