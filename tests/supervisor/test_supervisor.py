@@ -215,19 +215,26 @@ def test_port_in_use_fails_before_workers(tmp_path: Path) -> None:
     assert "started worker" not in log
 
 
-def test_worker_start_failure_stops_the_others(tmp_path: Path) -> None:
+def run_with_locked_audit_file(tmp_path: Path, worker: int, name: str) -> GatewayProcess:
+    """Run two workers while another writer locks worker ``worker``'s audit file, so that
+    worker fails to start; return the finished gateway."""
     directory = tmp_path / "gw"
     config = write_config(directory, f"sqlite:///{tmp_path / 'tokens.db'}")
-    # Another writer locks worker 2's audit file, so worker 2 fails after worker 1 is ready.
-    holder = (directory / "audit.worker-2.jsonl").open("ab")
+    holder = (directory / f"audit.worker-{worker}.jsonl").open("ab")
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
-        gateway = GatewayProcess(config, "supervisor-failure", "--workers", "2")
-        status = gateway.wait()
+        gateway = GatewayProcess(config, name, "--workers", "2")
+        gateway.wait()
     finally:
         holder.close()
+    return gateway
 
-    assert status == 1
+
+def test_worker_start_failure_stops_the_others(tmp_path: Path) -> None:
+    # Worker 2 fails after worker 1 is ready.
+    gateway = run_with_locked_audit_file(tmp_path, 2, "supervisor-failure")
+
+    assert gateway.wait() == 1
     log = gateway.log()
     first = gateway.worker_pid(1)
     assert f"[worker 1] ready, pid {first}" in log
@@ -239,18 +246,10 @@ def test_worker_start_failure_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_first_worker_failure_starts_no_other(tmp_path: Path) -> None:
-    directory = tmp_path / "gw"
-    config = write_config(directory, f"sqlite:///{tmp_path / 'tokens.db'}")
-    # Another writer locks worker 1's audit file, so worker 1 fails while it starts alone.
-    holder = (directory / "audit.worker-1.jsonl").open("ab")
-    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    try:
-        gateway = GatewayProcess(config, "supervisor-first-failure", "--workers", "2")
-        status = gateway.wait()
-    finally:
-        holder.close()
+    # Worker 1 fails while it starts alone.
+    gateway = run_with_locked_audit_file(tmp_path, 1, "supervisor-first-failure")
 
-    assert status == 1
+    assert gateway.wait() == 1
     log = gateway.log()
     assert "not started: worker 1 (pid" in log
     assert "worker 2" not in log
