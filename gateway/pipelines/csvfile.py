@@ -218,8 +218,8 @@ def _header_hint(missing: list[str], columns: list[str]) -> str:
     """Return a suggestion for the first missing column and the header's columns, for errors."""
     close = difflib.get_close_matches(missing[0], columns, n=1)
     suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-    shown = ", ".join(columns[:MAX_COLUMNS_SHOWN])
+    listed_columns = ", ".join(columns[:MAX_COLUMNS_SHOWN])
     more = (
         f" and {len(columns) - MAX_COLUMNS_SHOWN} more" if len(columns) > MAX_COLUMNS_SHOWN else ""
     )
-    return f"{suggestion}; its columns are {shown}{more}"
+    return f"{suggestion}; its columns are {listed_columns}{more}"

@@ -172,8 +172,7 @@ class SqliteStore(TokenStore):
                     create_schema(connection)
                 return journal_mode
             except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                if code != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
                 time.sleep(SET_UP_RETRY_SECONDS)
 
@@ -394,16 +393,9 @@ class SqliteStore(TokenStore):
         if size <= self._wal_checkpoint_bytes or connection is None:
             return
         try:
-            connection.execute("PRAGMA busy_timeout = 0")
-            try:
-                busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                connection.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
+            busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
             logger.warning("checkpoint of SQLite store %s failed: %s", self.path, exc)
-            # The connection may still have no busy timeout, so the next group opens a new one.
-            connection.close()
-            self._writer_connection = None
             return
         if busy:
             logger.debug(
@@ -422,19 +414,14 @@ class SqliteStore(TokenStore):
         ``WRITE_LOCK_POLL_SECONDS`` instead.
         """
         deadline = time.monotonic() + self._timeout
-        connection.execute("PRAGMA busy_timeout = 0")
-        try:
-            while True:
-                try:
-                    connection.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                    if code != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                        raise
-                time.sleep(WRITE_LOCK_POLL_SECONDS)
-        finally:
-            connection.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(WRITE_LOCK_POLL_SECONDS)
 
     def _run_transaction(self, calls: list[_WriteCall]) -> list[Any]:
         with self._mapped_errors("write"):
@@ -443,6 +430,9 @@ class SqliteStore(TokenStore):
                     self._writer_connection = self._connect()
                     self._writer_connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
                     self._writer_connection.execute("PRAGMA wal_autocheckpoint = 0")
+                    # The writer waits for locks itself: it polls for the write lock in
+                    # _begin_write, and its checkpoints must not wait at all (see _limit_wal).
+                    self._writer_connection.execute("PRAGMA busy_timeout = 0")
                 connection = self._writer_connection
                 # IMMEDIATE takes the write lock first, so the checks below see what is committed.
                 self._begin_write(connection)
@@ -470,6 +460,11 @@ class SqliteStore(TokenStore):
             raise _map_error(exc, f"SQLite store {self.path}: {action} failed") from exc
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Return whether ``exc`` is SQLITE_BUSY: another connection holds a lock that is needed."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
 def _map_error(exc: sqlite3.Error, context: str) -> StoreError | StoreUnavailableError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
@@ -490,9 +485,9 @@ def _put_batch(
     """Decide each request in order as ``TokenStore.put_many`` specifies, then write the new rows.
 
     The live index entries and records that the batch touches are read with a few ``IN``
-    queries, and the new rows are written with ``executemany``, rather than with several
-    statements per request: per statement, the Python side of ``sqlite3`` costs more than the
-    B-tree work. Requests decided earlier in the batch count as written for later ones.
+    queries, and the new rows are written with ``executemany``. Several statements per request
+    cost more, because the Python side of ``sqlite3`` costs more per statement than the B-tree
+    work. Requests decided earlier in the batch count as written for later ones.
     """
     existing = _live_index_entries(connection, now, requests)
     records = _records_by_lookup_key(connection, now, requests)

@@ -10,8 +10,8 @@ NOTE: the kernel does not balance connections between the workers. Whichever wor
 accepts every connection waiting, so a burst of keep-alive connections can stay uneven: in the
 benchmark, one of two workers served two thirds of 32 connections' requests. Per-worker
 ``SO_REUSEPORT`` sockets would spread connections by hash, but a dead worker's queue would then
-wait for its replacement, and a second gateway that the same user starts on the same port would
-take a share of the connections instead of failing with "address in use".
+wait for its replacement. Worse, a second gateway that the same user starts on the same port
+would take a share of the connections instead of failing with "address in use".
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from gateway.tokens.keys import load_key_ring
 logger = logging.getLogger("gateway.supervisor")
 
 RESTART_DELAY_FIRST = 0.5
-"""Seconds before the first replacement of a worker that died; each further death in a row
+"""Seconds before the first replacement of a worker that died. Each further death in a row
 doubles it."""
 RESTART_DELAY_MAX = 30.0
 STABLE_SECONDS = 30.0
@@ -125,7 +125,8 @@ class Supervisor:
         return all(worker.ready for worker in self.workers.values())
 
     def _wait_until(self, condition: Callable[[], bool]) -> bool:
-        """Handle events until ``condition`` holds; False when a stop or failure comes first."""
+        """Handle events until ``condition`` holds, and return True, or False when a stop or a
+        failure comes first."""
         while True:
             # A failure counts first: a worker that died is no longer in ``workers``, so
             # "every worker is ready" can hold because it is gone.
@@ -196,7 +197,7 @@ class Supervisor:
             return
         running = self.config.listen
         if dataclasses.replace(config.listen, workers=running.workers) != running:
-            logger.warning("the listen section changed; the listeners change only on a restart")
+            logger.warning("the listen section changed, but listeners change only on a restart")
         self.config = dataclasses.replace(config, listen=running)
 
     def _read_ready(self, worker: WorkerProcess) -> None:
